@@ -1,0 +1,138 @@
+"""A declarative fault plan shared by the emulators.
+
+A rule matches requests by route name, method, path glob and part number, fires on the n-th matching
+request for ``times`` requests, and says what goes wrong: an error status (with Retry-After), a cut
+connection after N body bytes, a delay, or an expired presigned URL. ``phase="after"`` applies the
+request's state change first and then fails, which is how a client learns that "the server got it but
+I never heard back" must be survivable.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+Phase = Literal["before", "after"]
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What a fault rule can match on. ``path`` is the decoded volume path when the request has one."""
+
+    route: str
+    method: str
+    path: str = ""
+    part_number: int | None = None
+
+
+@dataclass(frozen=True)
+class FaultRule:
+    route: str = "*"
+    method: str = "*"
+    path: str = "*"
+    part_number: int | None = None
+    nth: int = 1
+    times: int | None = 1
+    status: int | None = None
+    error_code: str | None = None
+    message: str | None = None
+    body: str | None = None
+    retry_after_s: float | None = None
+    cut_after_bytes: int | None = None
+    delay_s: float = 0.0
+    expire: bool = False
+    phase: Phase = "before"
+    id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if self.nth < 1:
+            raise ValueError("nth counts from 1")
+        if self.times is not None and self.times < 1:
+            raise ValueError("times must be >= 1 or None (forever)")
+        if self.phase not in ("before", "after"):
+            raise ValueError("phase must be 'before' or 'after'")
+        if self.cut_after_bytes is not None and self.cut_after_bytes < 0:
+            raise ValueError("cut_after_bytes must be >= 0")
+        if self.status is None and self.cut_after_bytes is None and not self.expire and self.delay_s <= 0:
+            raise ValueError("a fault rule needs an effect: status, cut_after_bytes, expire or delay_s")
+        if self.status is not None and not 100 <= self.status <= 599:
+            raise ValueError("status must be an HTTP status code")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FaultRule:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown fault rule keys: {sorted(unknown)}")
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def matches(self, req: RequestInfo) -> bool:
+        if not fnmatch.fnmatchcase(req.route, self.route):
+            return False
+        if self.method != "*" and self.method.upper() != req.method.upper():
+            return False
+        if self.path != "*" and not fnmatch.fnmatchcase(req.path, self.path):
+            return False
+        return self.part_number is None or self.part_number == req.part_number
+
+
+@dataclass
+class _Armed:
+    rule: FaultRule
+    seen: int = 0
+    fired: int = 0
+
+
+class FaultPlan:
+    """Thread-safe list of rules; each request consumes at most one firing rule (the first that fires)."""
+
+    def __init__(self, rules: Iterable[FaultRule] = ()) -> None:
+        self._lock = threading.Lock()
+        self._armed: list[_Armed] = []
+        for rule in rules:
+            self.add(rule)
+
+    def add(self, rule: FaultRule) -> FaultRule:
+        if not rule.id:
+            rule = replace(rule, id=f"fault-{next(_ids)}")
+        with self._lock:
+            self._armed.append(_Armed(rule))
+        return rule
+
+    def remove(self, rule_id: str) -> bool:
+        with self._lock:
+            before = len(self._armed)
+            self._armed = [a for a in self._armed if a.rule.id != rule_id]
+            return len(self._armed) != before
+
+    def clear(self) -> None:
+        with self._lock:
+            self._armed.clear()
+
+    def check(self, req: RequestInfo) -> FaultRule | None:
+        """Count this request against every matching rule and return the first rule that fires."""
+        hit: FaultRule | None = None
+        with self._lock:
+            for armed in self._armed:
+                if not armed.rule.matches(req):
+                    continue
+                armed.seen += 1
+                rule = armed.rule
+                in_window = armed.seen >= rule.nth and (rule.times is None or armed.fired < rule.times)
+                if hit is None and in_window:
+                    armed.fired += 1
+                    hit = rule
+        return hit
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{**a.rule.to_dict(), "seen": a.seen, "fired": a.fired} for a in self._armed]

@@ -1,0 +1,6 @@
+"""Local emulator of the Databricks Files API (Unity Catalog Volumes), faithful to databricks-sdk's wire use."""
+
+from airflow_databricks_transfer.testing.files_api.server import FilesApiEmulator, FilesApiServer
+from airflow_databricks_transfer.testing.files_api.settings import EmulatorSettings
+
+__all__ = ["EmulatorSettings", "FilesApiEmulator", "FilesApiServer"]

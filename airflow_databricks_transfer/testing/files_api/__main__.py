@@ -1,0 +1,78 @@
+"""``python -m airflow_databricks_transfer.testing.files_api``: run the emulator in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from airflow_databricks_transfer.testing.files_api.server import FilesApiServer
+from airflow_databricks_transfer.testing.files_api.settings import EmulatorSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m airflow_databricks_transfer.testing.files_api",
+        description="Local emulator of the Databricks Files API (Unity Catalog Volumes) with fault injection.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port to bind (default 0: any free port)")
+    p.add_argument("--root", required=True, type=Path, help="directory holding the emulated volumes")
+    p.add_argument("--token", action="append", dest="tokens", help="accepted Bearer token (repeatable)")
+    p.add_argument("--read-only-token", action="append", default=[], help="token that may only read")
+    p.add_argument("--volume", action="append", default=[], help="create catalog.schema.volume at start")
+    p.add_argument("--auto-create-volumes", action="store_true", help="accept paths in volumes never created")
+    p.add_argument("--upload-protocol", choices=["multipart", "resumable"], default="multipart")
+    p.add_argument("--cloud", choices=["AWS", "AZURE", "GCP"], default="AWS", help="style of storage errors")
+    p.add_argument("--min-part-size", type=int, default=EmulatorSettings.min_part_size_bytes)
+    p.add_argument("--session-ttl-s", type=float, default=EmulatorSettings.session_ttl_s)
+    p.add_argument("--no-presigned", action="store_true", help="answer FILES_API_API_IS_NOT_ENABLED")
+    p.add_argument("--data-plane-url", default=None, help="base URL to mint into presigned URLs")
+    p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = EmulatorSettings(
+        tokens=frozenset(args.tokens or EmulatorSettings.tokens),
+        read_only_tokens=frozenset(args.read_only_token),
+        upload_protocol=args.upload_protocol,
+        cloud=args.cloud,
+        min_part_size_bytes=args.min_part_size,
+        session_ttl_s=args.session_ttl_s,
+        presigned_enabled=not args.no_presigned,
+        auto_create_volumes=args.auto_create_volumes,
+        data_plane_url=args.data_plane_url,
+    )
+    args.root.mkdir(parents=True, exist_ok=True)
+    server = FilesApiServer(args.host, args.port, args.root, settings)
+    if args.volume:
+        server.seed({"volumes": args.volume})
+    port = server.server_address[1]
+    if args.port_file:
+        args.port_file.write_text(str(port))
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(
+        f"Databricks Files API emulator on {server.base_url} (root {server.store.root}, "
+        f"{len(settings.tokens)} token(s); control plane at {server.base_url}/_emulator/state)",
+        flush=True,
+    )
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.close_connections()
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Server-side knobs of the Files API emulator, settable at start and through the control plane."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+UploadProtocol = Literal["multipart", "resumable"]
+Cloud = Literal["AWS", "AZURE", "GCP"]
+
+
+@dataclass(frozen=True)
+class EmulatorSettings:
+    tokens: frozenset[str] = frozenset({"dapi-emulator"})
+    read_only_tokens: frozenset[str] = frozenset()
+    # What initiate-upload answers: S3/Azure-style multipart, or the legacy GCP resumable flow.
+    upload_protocol: UploadProtocol = "multipart"
+    # False answers 403 FILES_API_API_IS_NOT_ENABLED to every presigned-URL call (clients fall back).
+    presigned_enabled: bool = True
+    cloud: Cloud = "AWS"
+    min_part_size_bytes: int = 5 * MiB
+    max_part_size_bytes: int = 5 * GiB
+    max_parts: int = 10_000
+    single_shot_max_bytes: int = 5 * GiB
+    session_ttl_s: float = 7 * 24 * 3600.0
+    max_url_ttl_s: float = 7 * 24 * 3600.0
+    list_page_size_max: int = 1000
+    workspace_id: str | None = "1234567890123456"
+    # Files API paths must lie in a volume created through Unity Catalog (or seeded) unless this is on.
+    auto_create_volumes: bool = False
+    # Base URL minted into presigned URLs; None means this server. A bench can point it at a faster sink.
+    data_plane_url: str | None = None
+    # Answer of GET /api/2.0/fs/endpoints; None answers 404 as workspaces without the API do.
+    endpoints: tuple[Mapping[str, Any], ...] | None = None
+    # Move request bodies socket -> pipe -> file with splice(2) where the platform has it.
+    use_splice: bool = True
+    default_catalogs: tuple[str, ...] = field(default=("main",))
+
+    def __post_init__(self) -> None:
+        if not self.tokens:
+            raise ValueError("at least one accepted token is required")
+        if self.upload_protocol not in ("multipart", "resumable"):
+            raise ValueError("upload_protocol must be 'multipart' or 'resumable'")
+        if self.cloud not in ("AWS", "AZURE", "GCP"):
+            raise ValueError("cloud must be AWS, AZURE or GCP")
+        if self.min_part_size_bytes < 0 or self.max_part_size_bytes < self.min_part_size_bytes:
+            raise ValueError("part size limits are inconsistent")
+        if not 1 <= self.max_parts <= 100_000:
+            raise ValueError("max_parts must be in 1..100000")
+        if self.session_ttl_s <= 0 or self.max_url_ttl_s <= 0:
+            raise ValueError("lifetimes must be positive")
+
+    def updated(self, changes: Mapping[str, Any]) -> EmulatorSettings:
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}")
+        coerced = dict(changes)
+        for key in ("tokens", "read_only_tokens"):
+            if key in coerced:
+                coerced[key] = frozenset(coerced[key])
+        if coerced.get("endpoints") is not None:
+            coerced["endpoints"] = tuple(coerced["endpoints"])
+        if "default_catalogs" in coerced:
+            coerced["default_catalogs"] = tuple(coerced["default_catalogs"])
+        return replace(self, **coerced)
+
+    def public(self) -> dict[str, Any]:
+        """Settings without the accepted tokens, for the inspect endpoint."""
+        data = asdict(self)
+        data["tokens"] = len(self.tokens)
+        data["read_only_tokens"] = len(self.read_only_tokens)
+        data["endpoints"] = list(self.endpoints) if self.endpoints is not None else None
+        data["default_catalogs"] = list(self.default_catalogs)
+        return data
