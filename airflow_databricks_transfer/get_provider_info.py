@@ -1,4 +1,7 @@
-"""Provider metadata read by Airflow's ProvidersManager through the ``apache_airflow_provider`` entry point."""
+"""Provider metadata, read by Airflow's ProvidersManager via the ``apache_airflow_provider`` entry point.
+
+Airflow refuses a provider whose ``package-name`` differs from its distribution name.
+"""
 
 from __future__ import annotations
 

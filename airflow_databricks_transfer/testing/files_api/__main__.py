@@ -16,7 +16,7 @@ from airflow_databricks_transfer.testing.files_api.settings import EmulatorSetti
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m airflow_databricks_transfer.testing.files_api",
-        description="Local emulator of the Databricks Files API (Unity Catalog Volumes) with fault injection.",
+        description="Local Databricks Files API (Unity Catalog Volumes) emulator with fault injection.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port to bind (default 0: any free port)")

@@ -73,7 +73,7 @@ def expired_error(cloud: str) -> PresignedError:
     """The three bodies that databricks-sdk recognises as "URL expired" (files_api.md section 7.3)."""
     if cloud == "AZURE":
         xml = (
-            "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthenticationFailed</Code>"
+            '<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthenticationFailed</Code>'
             "<Message>Server failed to authenticate the request.</Message>"
             "<AuthenticationErrorDetail>Signature not valid in the specified time frame"
             "</AuthenticationErrorDetail></Error>"
@@ -85,7 +85,7 @@ def expired_error(cloud: str) -> PresignedError:
         )
     else:
         xml = (
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code>"
+            '<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
             "<Message>Request has expired</Message></Error>"
         )
     return PresignedError(403, xml)
@@ -94,7 +94,7 @@ def expired_error(cloud: str) -> PresignedError:
 def signature_error() -> PresignedError:
     return PresignedError(
         403,
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SignatureDoesNotMatch</Code>"
+        '<?xml version="1.0" encoding="UTF-8"?><Error><Code>SignatureDoesNotMatch</Code>'
         "<Message>The request signature we calculated does not match the signature you provided."
         "</Message></Error>",
     )
@@ -103,5 +103,6 @@ def signature_error() -> PresignedError:
 def presigned_xml(status: int, code: str, message: str) -> PresignedError:
     return PresignedError(
         status,
-        f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>",
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+        f"<Message>{message}</Message></Error>",
     )

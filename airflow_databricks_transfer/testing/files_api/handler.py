@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import fcntl
+import io
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from airflow_databricks_transfer.testing.faults import FaultRule, RequestInfo
@@ -50,7 +51,15 @@ _thread_local = threading.local()
 
 
 class _Dropped(Exception):
-    """The connection was cut on purpose (fault) or by the client; no response follows."""
+    """The connection was cut on purpose (fault) or by the client; no response follows.
+
+    ``graceful`` closes with a FIN so the peer reads every byte already sent, then a short body; a reset
+    (the default) is what a peer sees when a server dies with unread request bytes.
+    """
+
+    def __init__(self, graceful: bool = False) -> None:
+        super().__init__()
+        self.graceful = graceful
 
 
 def _pipe() -> tuple[int, int]:
@@ -113,7 +122,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
     server: FilesApiServer
 
     # ------------------------------------------------------------------ plumbing
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def do_GET(self) -> None:
@@ -158,8 +167,8 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             if self.fault is not None:
                 self._apply_fault_before(self.fault)
             handler()
-        except _Dropped:
-            self._drop()
+        except _Dropped as cut:
+            self._drop(reset=not cut.graceful)
         except ApiError as err:
             self._send_api_error(err)
         except PresignedError as err:
@@ -192,12 +201,13 @@ class FilesApiHandler(BaseHTTPRequestHandler):
                     )
                 )
 
-    def _drop(self) -> None:
-        """Cut the connection with a reset, the way a crashed proxy or a network blip would."""
+    def _drop(self, reset: bool = True) -> None:
+        """Cut the connection the way a crashed proxy or a network blip would."""
         self.dropped = True
         self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if reset:
+            with contextlib.suppress(OSError):
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
 
@@ -220,7 +230,9 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         if self.route.startswith("presigned."):
             if fault.body is not None:
                 return PresignedError(fault.status, fault.body)
-            return presigned_xml(fault.status, fault.error_code or "InternalError", fault.message or "injected")
+            return presigned_xml(
+                fault.status, fault.error_code or "InternalError", fault.message or "injected"
+            )
         code = fault.error_code or {
             429: "REQUEST_LIMIT_EXCEEDED",
             503: "TEMPORARILY_UNAVAILABLE",
@@ -228,7 +240,10 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             404: "NOT_FOUND",
         }.get(fault.status, "INJECTED_FAULT")
         return ApiError(
-            fault.status, code, fault.message or f"injected fault {fault.id}", retry_after_s=fault.retry_after_s
+            fault.status,
+            code,
+            fault.message or f"injected fault {fault.id}",
+            retry_after_s=fault.retry_after_s,
         )
 
     def _after_state_change(self) -> None:
@@ -273,7 +288,9 @@ class FilesApiHandler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, payload: Any) -> None:
         self._send_bytes(status, json.dumps(payload).encode(), "application/json")
 
-    def _send_empty(self, status: int = 200, extra: dict[str, str] | None = None, reason: str | None = None) -> None:
+    def _send_empty(
+        self, status: int = 200, extra: dict[str, str] | None = None, reason: str | None = None
+    ) -> None:
         self._finish_request_body()
         self._start(status, extra or {}, 0, reason)
 
@@ -388,7 +405,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         done = 0
         # bytes the header parser already pulled into the buffered reader come first
         if length:
-            buffered = self.rfile.peek(1)[:length]
+            buffered = cast(io.BufferedReader, self.rfile).peek(1)[:length]
             if buffered:
                 data = self.rfile.read(len(buffered))
                 os.pwrite(fd, data, offset)
@@ -475,8 +492,12 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             return self._files_route()
         if p.startswith(DIRS_PREFIX + "/"):
             self.vpath = "/" + unquote(p[len(DIRS_PREFIX) :]).lstrip("/")
-            routes = {"PUT": self._dir_create, "HEAD": self._dir_head, "GET": self._dir_list,
-                      "DELETE": self._dir_delete}
+            routes = {
+                "PUT": self._dir_create,
+                "HEAD": self._dir_head,
+                "GET": self._dir_list,
+                "DELETE": self._dir_delete,
+            }
             self.route = f"directories.{m.lower()}"
             return self._method(routes)
         fs_routes: dict[str, Callable[[], None]] = {
@@ -553,7 +574,12 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             return self._proxy_part_put
         self.route = f"files.{self.method.lower()}"
         return self._method(
-            {"PUT": self._file_put, "GET": self._file_get, "HEAD": self._file_get, "DELETE": self._file_delete}
+            {
+                "PUT": self._file_put,
+                "GET": self._file_get,
+                "HEAD": self._file_get,
+                "DELETE": self._file_delete,
+            }
         )
 
     def _int_param(self, name: str, source: dict[str, Any] | None = None) -> int:
@@ -575,7 +601,8 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         if length is not None and length > self.server.settings.single_shot_max_bytes:
             self.close_connection = True
             raise ApiError(
-                413, "RESOURCE_EXHAUSTED",
+                413,
+                "RESOURCE_EXHAUSTED",
                 f"Single-shot uploads are limited to {self.server.settings.single_shot_max_bytes} bytes; "
                 "use a multipart upload.",
             )
@@ -638,7 +665,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         sent = self.connection.sendfile(f, start, to_send) if to_send else 0
         self.bytes_out += sent
         if cut is not None and cut < length:
-            raise _Dropped()
+            raise _Dropped(graceful=True)
 
     def _after_state_change_for_reads(self) -> None:
         fault = self.fault
@@ -676,8 +703,11 @@ class FilesApiHandler(BaseHTTPRequestHandler):
 
     def _presigned_disabled(self) -> ApiError:
         return ApiError(
-            403, "PERMISSION_DENIED", "Presigned URLs API is not enabled",
-            reason="FILES_API_API_IS_NOT_ENABLED", metadata={"api_name": "Presigned URLs"},
+            403,
+            "PERMISSION_DENIED",
+            "Presigned URLs API is not enabled",
+            reason="FILES_API_API_IS_NOT_ENABLED",
+            metadata={"api_name": "Presigned URLs"},
         )
 
     def _complete_upload(self) -> None:
@@ -800,7 +830,9 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         length = self._request_body_length()
         if length is not None and length > self.server.settings.max_part_size_bytes:
             self.close_connection = True
-            raise bad_request(f"Part exceeds the maximum part size of {self.server.settings.max_part_size_bytes}")
+            raise bad_request(
+                f"Part exceeds the maximum part size of {self.server.settings.max_part_size_bytes}"
+            )
         tmp, _ = self._receive_to_temp()
         return store.commit_part(token, number, tmp).etag
 
@@ -837,7 +869,9 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             self.part_number = int(fields["n"])
             return self._method({"PUT": lambda: self._presigned_part_put(token)})
         if op == "resumable":
-            return self._method({"PUT": lambda: self._resumable_put(token), "DELETE": lambda: self._abort_by_url(token)})
+            return self._method(
+                {"PUT": lambda: self._resumable_put(token), "DELETE": lambda: self._abort_by_url(token)}
+            )
         if op == "abort":
             return self._method({"DELETE": lambda: self._abort_by_url(token)})
         raise presigned_xml(404, "NoSuchKey", "Unknown presigned operation")
@@ -895,7 +929,9 @@ class FilesApiHandler(BaseHTTPRequestHandler):
                 raise presigned_xml(400, "InvalidArgument", "Content-Range does not match the body length.")
             if start > confirmed:
                 raise presigned_xml(
-                    400, "InvalidArgument", f"Chunk starts at {start} but only {confirmed} bytes are persisted."
+                    400,
+                    "InvalidArgument",
+                    f"Chunk starts at {start} but only {confirmed} bytes are persisted.",
                 )
             data = store.resumable_data(token)
             fd = os.open(data, os.O_WRONLY | os.O_CREAT, 0o644)
@@ -971,8 +1007,12 @@ class FilesApiHandler(BaseHTTPRequestHandler):
                     if not body.get(key):
                         raise bad_request(f"{key} is required")
                 info = store.create_volume(
-                    body["catalog_name"], body["schema_name"], body["name"], body.get("volume_type"),
-                    body.get("storage_location"), body.get("comment"),
+                    body["catalog_name"],
+                    body["schema_name"],
+                    body["name"],
+                    body.get("volume_type"),
+                    body.get("storage_location"),
+                    body.get("comment"),
                 )
             self._send_json(200, info)
 

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 from airflow_databricks_transfer.testing.faults import FaultPlan, FaultRule
 from airflow_databricks_transfer.testing.files_api.errors import ApiError, bad_request
@@ -57,8 +57,9 @@ class FilesApiServer(ThreadingHTTPServer):
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         super().__init__((host, port), _TrackingHandler)
-        bound_host, bound_port = self.server_address[:2]
-        self.base_url = f"http://{bound_host}:{bound_port}"
+        host_s, port_n = self.server_address[:2]
+        host_s = host_s.decode() if isinstance(host_s, bytes) else host_s
+        self.base_url = f"http://{host_s}:{port_n}"
 
     # settings live on the store so the state model and the wire handler read one copy
     @property
@@ -225,7 +226,7 @@ class FilesApiEmulator:
 
     @property
     def port(self) -> int:
-        return cast(int, self.server.server_address[1])
+        return int(self.server.server_address[1])
 
     @property
     def token(self) -> str:
@@ -237,7 +238,10 @@ class FilesApiEmulator:
 
     def start(self) -> FilesApiEmulator:
         self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, name="files-api-emulator", daemon=True
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="files-api-emulator",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -296,7 +300,8 @@ class FilesApiEmulator:
         return self.server.store.disk_path(parse_volume_path(volume_path))
 
     def state(self) -> dict[str, Any]:
-        return json.loads(json.dumps(self.server.state()))
+        snapshot: dict[str, Any] = json.loads(json.dumps(self.server.state()))
+        return snapshot
 
     def sessions(self) -> list[dict[str, Any]]:
         return self.server.store.sessions_snapshot()

@@ -8,7 +8,11 @@ import time
 from collections.abc import Mapping
 from urllib.parse import urlencode
 
-from airflow_databricks_transfer.testing.files_api.errors import PresignedError, expired_error, signature_error
+from airflow_databricks_transfer.testing.files_api.errors import (
+    PresignedError,
+    expired_error,
+    signature_error,
+)
 
 EXPIRES = "X-Emu-Expires"
 SIGNATURE = "X-Emu-Signature"
@@ -26,7 +30,9 @@ class UrlSigner:
         query = {**fields, EXPIRES: str(expires), SIGNATURE: self._mac(op, fields, expires)}
         return f"{base.rstrip('/')}/_presigned/{op}?{urlencode(query)}"
 
-    def verify(self, op: str, query: Mapping[str, str], cloud: str, now: float | None = None) -> dict[str, str]:
+    def verify(
+        self, op: str, query: Mapping[str, str], cloud: str, now: float | None = None
+    ) -> dict[str, str]:
         """Return the signed fields, or raise the cloud-style error a real store would send."""
         fields = {k: v for k, v in query.items() if k not in (EXPIRES, SIGNATURE)}
         try:

@@ -197,7 +197,7 @@ class Store:
             raise not_found(f"The file {vp.raw} does not exist (it is a volume).")
         p = self.disk_path(vp)
         try:
-            f = open(p, "rb")
+            f = open(p, "rb")  # noqa: SIM115 - handed to the caller, who closes it
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise not_found(f"The file {vp.raw} does not exist.") from None
         st = os.fstat(f.fileno())
@@ -531,7 +531,9 @@ class Store:
             if path.is_dir():
                 if exist_ok:
                     return self._uc_get(kind, full)
-                raise ApiError(409, "RESOURCE_ALREADY_EXISTS", f"{kind.capitalize()} '{full}' already exists.")
+                raise ApiError(
+                    409, "RESOURCE_ALREADY_EXISTS", f"{kind.capitalize()} '{full}' already exists."
+                )
             path.mkdir()
             info = self._uc_info(kind, parts, extra.pop("comment", None), **extra)
             self._uc[f"{kind}:{full}"] = info

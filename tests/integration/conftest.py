@@ -1,0 +1,83 @@
+"""Fixtures for integration tests: real servers on loopback, official clients in subprocesses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SDK_VERSIONS = ("0.156.0", "0.162.0")
+DRIVER = Path(__file__).with_name("sdk_driver.py")
+MiB = 1024 * 1024
+
+SdkRun = Callable[..., list[Any]]
+
+
+def sdk_path(version: str) -> Path:
+    path = REPO / ".sdk" / f"databricks-sdk-{version}"
+    if not (path / "databricks" / "sdk" / "version.py").is_file():
+        pytest.fail(f"databricks-sdk {version} is not side-installed in {path}: run scripts/bootstrap.sh")
+    return path
+
+
+def run_sdk(
+    version: str,
+    host: str,
+    token: str,
+    ops: list[dict[str, Any]],
+    config: dict[str, Any] | None = None,
+    timeout: float = 300,
+) -> list[Any]:
+    """Run ``ops`` with the official client of ``version`` in a fresh interpreter; return its results."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(sdk_path(version)), str(REPO)])}
+    env.pop("DATABRICKS_CONFIG_PROFILE", None)
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER)],
+        input=json.dumps({"host": host, "token": token, "config": config or {}, "ops": ops}),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"sdk driver failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    out = json.loads(proc.stdout)
+    assert out["version"] == version
+    results: list[Any] = out["results"]
+    return results
+
+
+@pytest.fixture(params=SDK_VERSIONS, ids=[f"sdk-{v}" for v in SDK_VERSIONS])
+def sdk_version(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_file(path: Path, size: int, seed: int = 0) -> Path:
+    """Pseudo-random content (deterministic per seed), written in chunks."""
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            n = min(left, 8 * MiB)
+            f.write(rng.randbytes(n))
+            left -= n
+    return path
