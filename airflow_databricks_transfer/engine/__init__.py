@@ -1,0 +1,1 @@
+"""The pure transfer engine: stdlib and wire clients only, never ``import airflow``."""
