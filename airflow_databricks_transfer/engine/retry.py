@@ -1,0 +1,104 @@
+"""Backoff with jitter that honours Retry-After, decided by error type, within a bounded budget.
+
+Each request retries on its own (``call_with_retry``); a ``RecoveryBudget`` shared by every request of
+one transfer stops a sick endpoint from being hammered forever by thousands of parts.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from airflow_databricks_transfer.engine.errors import RetryableError, RetryBudgetExceeded, TransferError
+
+T = TypeVar("T")
+
+
+class Cancelled(TransferError):
+    """The transfer was asked to stop (task killed, timeout, a sibling part failed fatally)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    max_retry_after_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.base_delay_s < 0 or self.max_delay_s < self.base_delay_s:
+            raise ValueError("delays must satisfy 0 <= base_delay_s <= max_delay_s")
+
+    def delay_s(self, attempt: int, err: RetryableError, rng: random.Random) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (attempts count from 1)."""
+        if err.retry_after_s is not None:
+            return min(max(err.retry_after_s, 0.0), self.max_retry_after_s)
+        cap = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
+        return rng.uniform(cap / 2, cap)  # "equal jitter": spread out, never zero
+
+
+class RecoveryBudget:
+    """Counts retries across all requests of one transfer; thread-safe."""
+
+    def __init__(self, max_retries: int) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.max_retries = max_retries
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+    def spend(self, err: BaseException) -> None:
+        with self._lock:
+            self._used += 1
+            if self._used > self.max_retries:
+                raise RetryBudgetExceeded(
+                    f"gave up after {self.max_retries} retries across the transfer; last error: {err}",
+                    last_error=err,
+                ) from err
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    policy: RetryPolicy,
+    *,
+    budget: RecoveryBudget | None = None,
+    cancel: threading.Event | None = None,
+    on_retry: Callable[[int, RetryableError, float], None] | None = None,
+    rng: random.Random | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> T:
+    """Run ``fn``; on RetryableError wait and run it again. Anything else propagates at once."""
+    rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+    attempt = 1
+    while True:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("transfer cancelled")
+        try:
+            return fn()
+        except RetryableError as err:
+            if attempt >= policy.max_attempts:
+                raise RetryBudgetExceeded(f"gave up after {attempt} attempts: {err}", last_error=err) from err
+            if budget is not None:
+                budget.spend(err)
+            delay = policy.delay_s(attempt, err, rng)
+            if on_retry is not None:
+                on_retry(attempt, err, delay)
+            if sleep is not None:
+                sleep(delay)
+            elif cancel is not None:
+                if cancel.wait(delay):
+                    raise Cancelled("transfer cancelled") from err
+            else:
+                time.sleep(delay)
+            attempt += 1
