@@ -1,0 +1,420 @@
+"""Typed, versioned checkpoints of long transfers, serialised to small JSON.
+
+A checkpoint is a hint, the server is the truth: it says which parts the remote session should hold and
+which source it was made from, so a retry (maybe on another worker) can ask the server, verify, and
+send only what is missing. It never holds a credential: no token, SAS or presigned URL, only the
+session id that lets an authenticated client mint fresh URLs.
+
+Upload parts are stored in segments of ``SEGMENT_PARTS`` parts, ETags and SHA-256 digests packed as
+base64, so a segment of 1,000 parts stays under the Airflow task state store's 64 KiB advisory limit
+and a finished part rewrites one segment, not the whole checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal
+
+from airflow_databricks_transfer.engine.errors import CheckpointError, SourceChangedError
+
+SCHEMA = "airflow-databricks-transfer/checkpoint"
+SCHEMA_VERSION = 1
+SEGMENT_PARTS = 1000
+_HEX_ETAG = re.compile(r'^"[0-9a-f]{32}"$')
+
+# version -> function turning a dict of that version into the next one
+UPGRADERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+@dataclass(frozen=True)
+class SourceFingerprint:
+    """What identifies the local file a transfer was planned for."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> SourceFingerprint:
+        st = os.stat(path)
+        return cls(os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def difference(self, other: SourceFingerprint) -> str | None:
+        """Why ``other`` is not the same source, or None."""
+        if self.path != other.path:
+            return f"source path changed ({self.path} -> {other.path})"
+        if self.size != other.size:
+            return f"source size changed ({self.size} -> {other.size} bytes)"
+        if self.mtime_ns != other.mtime_ns:
+            return "source modification time changed"
+        if self.inode != other.inode:
+            return "source file was replaced (inode changed)"
+        return None
+
+    def ensure_unchanged(self) -> None:
+        try:
+            now = SourceFingerprint.of(self.path)
+        except FileNotFoundError:
+            raise SourceChangedError(f"source {self.path} disappeared during the transfer") from None
+        why = self.difference(now)
+        if why:
+            raise SourceChangedError(f"{why} during the transfer of {self.path}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns, "inode": self.inode}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SourceFingerprint:
+        return cls(str(d["path"]), int(d["size"]), int(d["mtime_ns"]), int(d["inode"]))
+
+
+@dataclass(frozen=True)
+class RemoteVersion:
+    """What pins a remote object: never splice bytes of two versions."""
+
+    size: int
+    etag: str | None
+    last_modified: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": self.size, "etag": self.etag, "last_modified": self.last_modified}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RemoteVersion:
+        return cls(int(d["size"]), d.get("etag"), d.get("last_modified"))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def pack_etags(etags: list[str]) -> dict[str, Any]:
+    if etags and all(_HEX_ETAG.match(e) for e in etags):
+        return {"fmt": "quoted-hex16", "b64": _b64(b"".join(bytes.fromhex(e[1:-1]) for e in etags))}
+    return {"fmt": "list", "items": etags}
+
+
+def unpack_etags(packed: Mapping[str, Any], count: int) -> list[str]:
+    if packed["fmt"] == "quoted-hex16":
+        raw = _unb64(packed["b64"])
+        if len(raw) != 16 * count:
+            raise CheckpointError("packed ETags do not match the finished-part count")
+        return [f'"{raw[i : i + 16].hex()}"' for i in range(0, len(raw), 16)]
+    if packed["fmt"] == "list":
+        items = [str(e) for e in packed["items"]]
+        if len(items) != count:
+            raise CheckpointError("ETag list does not match the finished-part count")
+        return items
+    raise CheckpointError(f"unknown ETag packing {packed['fmt']!r}")
+
+
+def _bitmap(numbers: list[int], first: int, count: int) -> bytes:
+    bits = bytearray((count + 7) // 8)
+    for n in numbers:
+        i = n - first
+        bits[i // 8] |= 1 << (i % 8)
+    return bytes(bits)
+
+
+def _from_bitmap(bits: bytes, first: int, count: int) -> list[int]:
+    return [first + i for i in range(count) if bits[i // 8] >> (i % 8) & 1]
+
+
+@dataclass(frozen=True)
+class UploadCheckpoint:
+    kind: ClassVar[str] = "files_api.upload"
+
+    destination: str
+    source: SourceFingerprint
+    part_size: int
+    part_count: int
+    session_token: str
+    protocol: Literal["multipart", "resumable"] = "multipart"
+    # multipart: part number -> ETag; resumable: the confirmed byte offset
+    parts: Mapping[int, str] = field(default_factory=dict)
+    part_sha256: Mapping[int, bytes] = field(default_factory=dict)
+    confirmed_bytes: int = 0
+    phase: Literal["uploading", "completing"] = "uploading"
+    created_at: float = field(default_factory=time.time)
+    version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.part_size <= 0 or self.part_count <= 0:
+            raise CheckpointError("part size and count must be positive")
+        bad = [n for n in self.parts if not 1 <= n <= self.part_count]
+        if bad:
+            raise CheckpointError(f"part numbers outside 1..{self.part_count}: {bad[:5]}")
+
+    # -- progress
+    def with_part(self, number: int, etag: str, sha256: bytes | None = None) -> UploadCheckpoint:
+        parts = dict(self.parts)
+        parts[number] = etag
+        digests = self.part_sha256
+        if sha256 is not None:
+            digests = {**self.part_sha256, number: sha256}
+        return replace(self, parts=parts, part_sha256=digests)
+
+    def missing_parts(self) -> list[int]:
+        return [n for n in range(1, self.part_count + 1) if n not in self.parts]
+
+    @property
+    def bytes_done(self) -> int:
+        if self.protocol == "resumable":
+            return self.confirmed_bytes
+        last = self.part_count
+        tail = self.source.size - (last - 1) * self.part_size
+        return sum(self.part_size if n != last else tail for n in self.parts)
+
+    def progress_view(self) -> dict[str, Any]:
+        """A credential-free summary for the UI (XCom mirror, logs)."""
+        total = self.source.size
+        done = self.bytes_done
+        return {
+            "kind": self.kind,
+            "destination": self.destination,
+            "source": self.source.path,
+            "phase": self.phase,
+            "parts_done": len(self.parts) if self.protocol == "multipart" else None,
+            "part_count": self.part_count,
+            "bytes_done": done,
+            "bytes_total": total,
+            "percent": round(100.0 * done / total, 1) if total else 100.0,
+        }
+
+    # -- serialisation
+    def segment_of(self, part_number: int) -> int:
+        return (part_number - 1) // SEGMENT_PARTS
+
+    @property
+    def segment_count(self) -> int:
+        return (self.part_count + SEGMENT_PARTS - 1) // SEGMENT_PARTS
+
+    def segment_record(self, index: int) -> dict[str, Any]:
+        first = index * SEGMENT_PARTS + 1
+        count = min(SEGMENT_PARTS, self.part_count - first + 1)
+        done = sorted(n for n in self.parts if first <= n < first + count)
+        record: dict[str, Any] = {
+            "first": first,
+            "count": count,
+            "done": _b64(_bitmap(done, first, count)),
+            "etags": pack_etags([self.parts[n] for n in done]),
+        }
+        if self.part_sha256:
+            missing = [n for n in done if n not in self.part_sha256]
+            if missing:
+                raise CheckpointError(f"parts {missing[:5]} lack a SHA-256 while others have one")
+            record["sha256"] = _b64(b"".join(self.part_sha256[n] for n in done))
+        return record
+
+    def head_record(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "version": self.version,
+            "kind": self.kind,
+            "destination": self.destination,
+            "source": self.source.to_dict(),
+            "part_size": self.part_size,
+            "part_count": self.part_count,
+            "protocol": self.protocol,
+            "session_token": self.session_token,
+            "confirmed_bytes": self.confirmed_bytes,
+            "phase": self.phase,
+            "created_at": self.created_at,
+            "segments": self.segment_count,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """One self-contained document (segments inline)."""
+        head = self.head_record()
+        head["segments"] = [self.segment_record(i) for i in range(self.segment_count)]
+        return head
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UploadCheckpoint:
+        d = _upgrade(data, cls.kind)
+        try:
+            segments = d["segments"]
+            if not isinstance(segments, list):
+                raise CheckpointError("segments are not inline; load them with from_records")
+            parts: dict[int, str] = {}
+            digests: dict[int, bytes] = {}
+            for seg in segments:
+                first, count = int(seg["first"]), int(seg["count"])
+                done = _from_bitmap(_unb64(seg["done"]), first, count)
+                parts.update(zip(done, unpack_etags(seg["etags"], len(done)), strict=True))
+                if "sha256" in seg:
+                    raw = _unb64(seg["sha256"])
+                    if len(raw) != 32 * len(done):
+                        raise CheckpointError("packed SHA-256 digests do not match the finished parts")
+                    digests.update((n, raw[i * 32 : (i + 1) * 32]) for i, n in enumerate(done))
+            return cls(
+                destination=str(d["destination"]),
+                source=SourceFingerprint.from_dict(d["source"]),
+                part_size=int(d["part_size"]),
+                part_count=int(d["part_count"]),
+                session_token=str(d["session_token"]),
+                protocol=d.get("protocol", "multipart"),
+                parts=parts,
+                part_sha256=digests,
+                confirmed_bytes=int(d.get("confirmed_bytes", 0)),
+                phase=d.get("phase", "uploading"),
+                created_at=float(d["created_at"]),
+                version=SCHEMA_VERSION,
+            )
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise CheckpointError(f"corrupt upload checkpoint: {err!r}") from err
+
+    @classmethod
+    def from_json(cls, text: str) -> UploadCheckpoint:
+        return cls.from_dict(_loads(text))
+
+    @classmethod
+    def from_records(cls, head: Mapping[str, Any], segments: Sequence[Mapping[str, Any]]) -> UploadCheckpoint:
+        """Rebuild from a head record and its separately stored segments."""
+        return cls.from_dict({**head, "segments": list(segments)})
+
+    def validate_for(self, destination: str, source: SourceFingerprint) -> str | None:
+        """Why this checkpoint cannot resume an upload of ``source`` to ``destination``, or None."""
+        if self.destination != destination:
+            return f"checkpoint is for {self.destination}, not {destination}"
+        return self.source.difference(source)
+
+
+@dataclass(frozen=True)
+class DownloadCheckpoint:
+    kind: ClassVar[str] = "files_api.download"
+
+    source: str
+    remote: RemoteVersion
+    destination: str
+    temp_path: str
+    offset: int
+    length: int
+    chunk_size: int
+    done_chunks: frozenset[int] = frozenset()
+    created_at: float = field(default_factory=time.time)
+    version: int = SCHEMA_VERSION
+
+    @property
+    def chunk_count(self) -> int:
+        return max(1, (self.length + self.chunk_size - 1) // self.chunk_size) if self.length else 0
+
+    def with_chunk(self, index: int) -> DownloadCheckpoint:
+        return replace(self, done_chunks=self.done_chunks | {index})
+
+    @property
+    def bytes_done(self) -> int:
+        last = self.chunk_count - 1
+        tail = self.length - last * self.chunk_size
+        return sum(self.chunk_size if i != last else tail for i in self.done_chunks)
+
+    def progress_view(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "destination": self.destination,
+            "chunks_done": len(self.done_chunks),
+            "chunk_count": self.chunk_count,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.length,
+            "percent": round(100.0 * self.bytes_done / self.length, 1) if self.length else 100.0,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        count = self.chunk_count
+        return {
+            "schema": SCHEMA,
+            "version": self.version,
+            "kind": self.kind,
+            "source": self.source,
+            "remote": self.remote.to_dict(),
+            "destination": self.destination,
+            "temp_path": self.temp_path,
+            "offset": self.offset,
+            "length": self.length,
+            "chunk_size": self.chunk_size,
+            "done": _b64(_bitmap(sorted(self.done_chunks), 0, count)),
+            "created_at": self.created_at,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DownloadCheckpoint:
+        d = _upgrade(data, cls.kind)
+        try:
+            length, chunk = int(d["length"]), int(d["chunk_size"])
+            if chunk <= 0 or length < 0:
+                raise CheckpointError("chunk size and length must be positive")
+            count = max(1, (length + chunk - 1) // chunk) if length else 0
+            return cls(
+                source=str(d["source"]),
+                remote=RemoteVersion.from_dict(d["remote"]),
+                destination=str(d["destination"]),
+                temp_path=str(d["temp_path"]),
+                offset=int(d["offset"]),
+                length=length,
+                chunk_size=chunk,
+                done_chunks=frozenset(_from_bitmap(_unb64(d["done"]), 0, count)),
+                created_at=float(d["created_at"]),
+            )
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise CheckpointError(f"corrupt download checkpoint: {err!r}") from err
+
+    @classmethod
+    def from_json(cls, text: str) -> DownloadCheckpoint:
+        return cls.from_dict(_loads(text))
+
+
+def _loads(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint is not JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError("checkpoint is not a JSON object")
+    return data
+
+
+def _upgrade(data: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """Check identity and bring an older schema version up to the current one."""
+    if not isinstance(data, Mapping):
+        raise CheckpointError("checkpoint is not a JSON object")
+    if data.get("schema") != SCHEMA:
+        raise CheckpointError(f"not a checkpoint of this package (schema {data.get('schema')!r})")
+    if data.get("kind") != kind:
+        raise CheckpointError(f"checkpoint is a {data.get('kind')!r}, expected {kind!r}")
+    version = data.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"checkpoint has an invalid schema version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"checkpoint schema version {version} is newer than this package understands ({SCHEMA_VERSION}); "
+            "was it written by a newer release?"
+        )
+    d = dict(data)
+    while d["version"] < SCHEMA_VERSION:
+        upgrade = UPGRADERS.get(d["version"])
+        if upgrade is None:
+            raise CheckpointError(f"no upgrade path from checkpoint schema version {d['version']}")
+        d = upgrade(d)
+    return d

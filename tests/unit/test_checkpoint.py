@@ -1,0 +1,174 @@
+"""Checkpoints: round-trip, compactness, golden files that must keep loading, and refusal of bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_databricks_transfer.engine import checkpoint as ckpt_mod
+from airflow_databricks_transfer.engine.checkpoint import (
+    DownloadCheckpoint,
+    RemoteVersion,
+    SourceFingerprint,
+    UploadCheckpoint,
+)
+from airflow_databricks_transfer.engine.errors import CheckpointError, SourceChangedError
+
+GOLDEN = Path(__file__).with_name("golden")
+MiB = 1024 * 1024
+
+
+def _fp(size: int = 10 * MiB) -> SourceFingerprint:
+    return SourceFingerprint("/data/src.bin", size, 1_700_000_000_123_456_789, 42)
+
+
+def _upload(parts: int, done: int, sha: bool = True, etag_fmt: str = '"{:032x}"') -> UploadCheckpoint:
+    cp = UploadCheckpoint(
+        destination="/Volumes/main/default/landing/big.bin",
+        source=_fp(parts * 5 * MiB),
+        part_size=5 * MiB,
+        part_count=parts,
+        session_token="c2Vzc2lvbi10b2tlbg",
+        created_at=1_700_000_000.5,
+    )
+    for n in range(1, done + 1):
+        digest = hashlib.sha256(str(n).encode()).digest() if sha else None
+        cp = cp.with_part(n, etag_fmt.format(n * 7919), digest)
+    return cp
+
+
+def test_upload_round_trip_keeps_every_field() -> None:
+    cp = _upload(parts=30, done=17)
+    again = UploadCheckpoint.from_json(cp.to_json())
+    assert again == cp
+    assert again.missing_parts() == list(range(18, 31))
+    assert again.bytes_done == 17 * 5 * MiB
+
+
+def test_non_hex_etags_survive() -> None:
+    cp = _upload(parts=3, done=2, sha=False, etag_fmt="0x8DC{:X}")  # Azure-style ETags
+    assert UploadCheckpoint.from_json(cp.to_json()).parts == cp.parts
+
+
+def test_thousand_parts_fit_the_state_store_limit() -> None:
+    cp = _upload(parts=1000, done=1000)
+    assert len(cp.to_json().encode()) < 65_535
+    assert UploadCheckpoint.from_json(cp.to_json()) == cp
+
+
+def test_large_uploads_split_into_segments() -> None:
+    cp = _upload(parts=10_000, done=2_500)
+    assert cp.segment_count == 10
+    records = [cp.segment_record(i) for i in range(cp.segment_count)]
+    assert all(len(json.dumps(r)) < 65_000 for r in records)
+    assert len(json.dumps(cp.head_record())) < 1_000
+    assert cp.segment_of(1000) == 0 and cp.segment_of(1001) == 1
+    assert UploadCheckpoint.from_records(cp.head_record(), records) == cp
+
+
+def test_progress_view_never_carries_the_session_token() -> None:
+    view = _upload(parts=4, done=1).progress_view()
+    assert "c2Vzc2lvbi10b2tlbg" not in json.dumps(view)
+    assert view["parts_done"] == 1 and view["percent"] == 25.0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(schema="someone-else/ckpt"), "not a checkpoint of this package"),
+        (lambda d: d.update(kind="files_api.download"), "expected 'files_api.upload'"),
+        (lambda d: d.update(version=99), "newer than this package understands"),
+        (lambda d: d.update(version=0), "invalid schema version"),
+        (lambda d: d.pop("source"), "corrupt upload checkpoint"),
+        (lambda d: d["segments"][0].update(done="!!notbase64"), "corrupt upload checkpoint"),
+        (lambda d: d["segments"][0]["etags"].update(b64="AAAA"), "do not match"),
+        (lambda d: d.update(part_count=2), "outside 1..2"),
+    ],
+)
+def test_bad_checkpoints_are_refused_with_a_reason(mutate: Any, message: str) -> None:
+    data = _upload(parts=8, done=5).to_dict()
+    mutate(data)
+    with pytest.raises(CheckpointError, match=message):
+        UploadCheckpoint.from_dict(data)
+
+
+@pytest.mark.parametrize("text", ["", "not json", "[1, 2]", "null"])
+def test_garbage_is_refused(text: str) -> None:
+    with pytest.raises(CheckpointError):
+        UploadCheckpoint.from_json(text)
+
+
+def test_validation_refuses_changed_source_or_foreign_destination() -> None:
+    cp = _upload(parts=4, done=2)
+    assert cp.validate_for(cp.destination, cp.source) is None
+    assert "not /Volumes/x" in str(cp.validate_for("/Volumes/x", cp.source))
+    grown = SourceFingerprint(cp.source.path, cp.source.size + 1, cp.source.mtime_ns, cp.source.inode)
+    assert "size changed" in str(cp.validate_for(cp.destination, grown))
+    touched = SourceFingerprint(cp.source.path, cp.source.size, cp.source.mtime_ns + 1, cp.source.inode)
+    assert "modification time" in str(cp.validate_for(cp.destination, touched))
+    replaced = SourceFingerprint(cp.source.path, cp.source.size, cp.source.mtime_ns, 7)
+    assert "replaced" in str(cp.validate_for(cp.destination, replaced))
+
+
+def test_fingerprint_notices_a_change_on_disk(tmp_path: Path) -> None:
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"x" * 10)
+    fp = SourceFingerprint.of(f)
+    fp.ensure_unchanged()
+    f.write_bytes(b"y" * 11)
+    with pytest.raises(SourceChangedError, match="size changed"):
+        fp.ensure_unchanged()
+    f.unlink()
+    with pytest.raises(SourceChangedError, match="disappeared"):
+        fp.ensure_unchanged()
+
+
+def _download() -> DownloadCheckpoint:
+    return DownloadCheckpoint(
+        source="/Volumes/main/default/landing/big.bin",
+        remote=RemoteVersion(100 * MiB + 1, '"abc"', "Sat, 21 Nov 2026 06:00:00 GMT"),
+        destination="/data/out.bin",
+        temp_path="/data/.out.bin.adt-partial",
+        offset=0,
+        length=100 * MiB + 1,
+        chunk_size=8 * MiB,
+        done_chunks=frozenset({0, 1, 5, 12}),
+        created_at=1_700_000_000.0,
+    )
+
+
+def test_download_round_trip() -> None:
+    cp = _download()
+    assert cp.chunk_count == 13
+    assert DownloadCheckpoint.from_json(cp.to_json()) == cp
+    assert cp.bytes_done == 3 * 8 * MiB + (100 * MiB + 1 - 12 * 8 * MiB)
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [("upload_checkpoint_v1.json", UploadCheckpoint), ("download_checkpoint_v1.json", DownloadCheckpoint)],
+)
+def test_golden_files_keep_loading(name: str, cls: type[UploadCheckpoint] | type[DownloadCheckpoint]) -> None:
+    """Checkpoints written by released versions must load forever (or upgrade); never edit these files."""
+    loaded = cls.from_json((GOLDEN / name).read_text())
+    expected = _upload(parts=30, done=17) if cls is UploadCheckpoint else _download()
+    assert loaded == expected
+
+
+def test_older_versions_are_upgraded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A v2 schema that renames a field still loads a v1 golden file through its upgrader."""
+    monkeypatch.setattr(ckpt_mod, "SCHEMA_VERSION", 2)
+
+    def v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
+        return {**d, "version": 2, "created_at": d["created_at"]}
+
+    monkeypatch.setitem(ckpt_mod.UPGRADERS, 1, v1_to_v2)
+    loaded = UploadCheckpoint.from_json((GOLDEN / "upload_checkpoint_v1.json").read_text())
+    assert loaded.version == 2 and loaded.parts == _upload(parts=30, done=17).parts
+    monkeypatch.delitem(ckpt_mod.UPGRADERS, 1)
+    with pytest.raises(CheckpointError, match="no upgrade path from checkpoint schema version 1"):
+        UploadCheckpoint.from_json((GOLDEN / "upload_checkpoint_v1.json").read_text())
