@@ -1,0 +1,209 @@
+"""Progress events (bytes, parts, rate, ETA) for subscribers, and an optional bandwidth limit.
+
+Workers report every chunk; subscribers hear at most one event per ``interval_s`` (plus the final one),
+so a 10,000-part upload does not write 10,000 log lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    label: str
+    bytes_done: int
+    bytes_total: int
+    parts_done: int
+    parts_total: int
+    bytes_resumed: int  # already there from an earlier try, not sent in this one
+    elapsed_s: float
+    rate_bps: float  # recent throughput of this try
+    eta_s: float | None
+    final: bool = False
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.bytes_done / self.bytes_total if self.bytes_total else 100.0
+
+    def describe(self) -> str:
+        eta = "--" if self.eta_s is None else _duration(self.eta_s)
+        parts = f", part {self.parts_done}/{self.parts_total}" if self.parts_total > 1 else ""
+        done, total = _size(self.bytes_done), _size(self.bytes_total)
+        return (
+            f"{self.label}: {self.percent:5.1f}% ({done} of {total}{parts}) "
+            f"{self.rate_bps / MiB:.1f} MiB/s, ETA {eta}"
+        )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _duration(s: float) -> str:
+    s = int(s + 0.5)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+Subscriber = Callable[[ProgressEvent], None]
+
+
+class ProgressTracker:
+    """Thread-safe counter that turns worker reports into throttled progress events."""
+
+    def __init__(
+        self,
+        label: str,
+        bytes_total: int,
+        parts_total: int = 1,
+        *,
+        subscribers: list[Subscriber] | None = None,
+        interval_s: float = 10.0,
+        window_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.label = label
+        self.bytes_total = bytes_total
+        self.parts_total = parts_total
+        self.subscribers = list(subscribers or [])
+        self.interval_s = interval_s
+        self.window_s = window_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._start = clock()
+        self._last_emit = self._start
+        self._done = 0
+        self._resumed = 0
+        self._parts = 0
+        self._samples: deque[tuple[float, int]] = deque([(self._start, 0)])
+
+    def resumed(self, nbytes: int, parts: int = 0) -> None:
+        """Count work an earlier try already finished (it does not enter the rate)."""
+        with self._lock:
+            self._resumed += nbytes
+            self._done += nbytes
+            self._parts += parts
+
+    def add(self, nbytes: int, *, part_done: bool = False) -> None:
+        event = None
+        with self._lock:
+            self._done += nbytes
+            if part_done:
+                self._parts += 1
+            now = self._clock()
+            self._samples.append((now, self._done - self._resumed))
+            while len(self._samples) > 2 and self._samples[1][0] < now - self.window_s:
+                self._samples.popleft()
+            if now - self._last_emit >= self.interval_s:
+                self._last_emit = now
+                event = self._event(now, final=False)
+        if event is not None:
+            self._publish(event)
+
+    def undo(self, nbytes: int) -> None:
+        """Take back bytes of a part that failed mid-way and will be sent again."""
+        with self._lock:
+            self._done -= nbytes
+
+    def finish(self) -> ProgressEvent:
+        with self._lock:
+            event = self._event(self._clock(), final=True)
+        self._publish(event)
+        return event
+
+    def snapshot(self) -> ProgressEvent:
+        with self._lock:
+            return self._event(self._clock(), final=False)
+
+    def _event(self, now: float, final: bool) -> ProgressEvent:
+        elapsed = now - self._start
+        t0, b0 = self._samples[0]
+        sent = self._done - self._resumed
+        span = now - t0
+        rate = (sent - b0) / span if span > 0 else 0.0
+        if final and elapsed > 0:
+            rate = sent / elapsed
+        remaining = max(0, self.bytes_total - self._done)
+        eta = remaining / rate if rate > 0 else (0.0 if remaining == 0 else None)
+        return ProgressEvent(
+            self.label,
+            self._done,
+            self.bytes_total,
+            self._parts,
+            self.parts_total,
+            self._resumed,
+            elapsed,
+            rate,
+            eta,
+            final,
+        )
+
+    def _publish(self, event: ProgressEvent) -> None:
+        for subscriber in self.subscribers:
+            subscriber(event)
+
+
+def log_progress(logger: logging.Logger) -> Subscriber:
+    """A subscriber that writes one line per event at INFO."""
+
+    def emit(event: ProgressEvent) -> None:
+        if event.final:
+            logger.info(
+                "%s: done, %s in %.1f s (%.1f MiB/s this try, %s resumed)",
+                event.label,
+                _size(event.bytes_done),
+                event.elapsed_s,
+                event.rate_bps / MiB,
+                _size(event.bytes_resumed),
+            )
+        else:
+            logger.info("%s", event.describe())
+
+    return emit
+
+
+class BandwidthLimiter:
+    """A token bucket shared by all workers of a transfer; ``acquire`` blocks until bytes may go."""
+
+    def __init__(
+        self,
+        bytes_per_s: float,
+        burst_bytes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if bytes_per_s <= 0:
+            raise ValueError("bandwidth limit must be positive")
+        self.rate = bytes_per_s
+        self.burst = burst_bytes if burst_bytes is not None else max(int(bytes_per_s), MiB)
+        self._tokens = float(self.burst)
+        self._clock = clock
+        self._sleep = sleep
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self, nbytes: int) -> None:
+        while True:
+            with self._lock:
+                now = self._clock()
+                self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+                self._last = now
+                if self._tokens >= min(nbytes, self.burst):
+                    self._tokens -= nbytes  # may go negative: large chunks borrow from the future
+                    return
+                wait = (min(nbytes, self.burst) - self._tokens) / self.rate
+            self._sleep(wait)
