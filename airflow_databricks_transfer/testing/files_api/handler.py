@@ -117,6 +117,7 @@ def _parse_expire_time(value: Any, max_ttl_s: float) -> int:
 
 class FilesApiHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two sends; don't wait for delayed ACKs
     server_version = "DatabricksFilesEmulator/1.0"
     timeout = 300  # idle seconds before a silent client is dropped
     server: FilesApiServer
@@ -158,6 +159,9 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         self.fault: FaultRule | None = None
         self.dropped = False
         self.body_consumed = False
+        logged = not self.raw_path.startswith("/_emulator/")
+        if logged:
+            self.server.log.begin()
         try:
             handler = self._dispatch()
             if not self.route.startswith("control."):
@@ -182,7 +186,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             self._send_api_error(ApiError(500, "INTERNAL_ERROR", f"emulator bug: {err!r}"))
             raise
         finally:
-            if not self.route.startswith("control."):
+            if logged:
                 self.server.log.record(
                     LoggedRequest(
                         seq=0,
@@ -381,7 +385,8 @@ class FilesApiHandler(BaseHTTPRequestHandler):
     def _consume_and_cut(self, n: int) -> None:
         """Read n body bytes (counted as received) and then reset the connection."""
         self.body_consumed = True
-        remaining = n
+        length = self._request_body_length()
+        remaining = n if length is None else min(n, length)
         buf = _buffer()
         while remaining > 0:
             got = self.rfile.readinto(buf[: min(remaining, len(buf))])
@@ -642,6 +647,10 @@ class FilesApiHandler(BaseHTTPRequestHandler):
                 if first == "" and last == "":
                     parsed = None
                 elif first == "":
+                    if int(last) == 0 or meta.size == 0:
+                        self._finish_request_body()
+                        self._start(416, {"Content-Range": f"bytes */{meta.size}"}, 0)
+                        return
                     start = max(0, meta.size - int(last))
                     end = meta.size - 1
                 else:

@@ -26,8 +26,13 @@ class LoggedRequest:
 
 
 class RequestLog:
-    def __init__(self, maxlen: int = 100_000) -> None:
+    def __init__(self, maxlen: int = 100_000, settle_timeout_s: float = 2.0) -> None:
         self._lock = threading.Lock()
+        # A client gets its answer before the handler records the request; readers wait for requests
+        # in flight to be recorded so a test never misses the one it just made.
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        self.settle_timeout_s = settle_timeout_s
         self._entries: deque[LoggedRequest] = deque(maxlen=maxlen)
         self._seq = 0
         self.bytes_in_by_path: Counter[str] = Counter()
@@ -35,8 +40,18 @@ class RequestLog:
         self.bytes_out_by_path: Counter[str] = Counter()
         self.requests_by_route: Counter[str] = Counter()
 
+    def begin(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def _settle(self) -> None:
+        """Wait (bounded) until no request is between its response and its log entry. Holds the lock."""
+        self._idle.wait_for(lambda: self._in_flight == 0, timeout=self.settle_timeout_s)
+
     def record(self, entry: LoggedRequest) -> None:
         with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+            self._idle.notify_all()
             self._seq += 1
             entry.seq = self._seq
             self._entries.append(entry)
@@ -49,6 +64,7 @@ class RequestLog:
 
     def entries(self, since: int = 0, route: str | None = None) -> list[LoggedRequest]:
         with self._lock:
+            self._settle()
             return [e for e in self._entries if e.seq > since and (route is None or e.route == route)]
 
     def clear(self) -> None:
@@ -61,6 +77,7 @@ class RequestLog:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
+            self._settle()
             parts: dict[str, dict[str, int]] = {}
             for (path, part), n in self.bytes_in_by_part.items():
                 parts.setdefault(path, {})[str(part)] = n
@@ -71,6 +88,11 @@ class RequestLog:
                 "bytes_out_by_path": dict(self.bytes_out_by_path),
                 "bytes_in_by_part": parts,
             }
+
+    def bytes_by_part(self, path: str) -> dict[int, int]:
+        with self._lock:
+            self._settle()
+            return {part: n for (p, part), n in self.bytes_in_by_part.items() if p == path}
 
     def as_dicts(self, since: int = 0) -> list[dict[str, Any]]:
         return [asdict(e) for e in self.entries(since)]

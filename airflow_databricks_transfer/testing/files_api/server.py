@@ -159,7 +159,8 @@ class FilesApiServer(ThreadingHTTPServer):
             elif name == "faults" and method == "POST":
                 body = h._read_json()
                 rules = body.get("faults", [body])
-                added = [self.faults.add(FaultRule.from_dict(r)).id for r in rules]
+                built = [FaultRule.from_dict(r) for r in rules]  # all or nothing
+                added = [self.faults.add(r).id for r in built]
                 h._send_json(200, {"ids": added})
             elif name == "faults" and method == "DELETE":
                 h._read_small_body()
@@ -280,8 +281,7 @@ class FilesApiEmulator:
 
     def part_bytes(self, path: str) -> dict[int, int]:
         """Bytes received per part number for uploads to ``path`` (counts cut and repeated sends)."""
-        with self.server.log._lock:
-            return {part: n for (p, part), n in self.server.log.bytes_in_by_part.items() if p == path}
+        return self.server.log.bytes_by_part(path)
 
     def seed(self, **spec: Any) -> dict[str, Any]:
         return self.server.seed(spec)
