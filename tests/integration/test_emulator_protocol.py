@@ -1553,3 +1553,75 @@ def test_request_log_has_the_entry_once_the_response_arrived(emu: FilesApiEmulat
         if len(emu.requests()) != before + 1:
             missing += 1
     assert missing == 0, f"{missing} of 200 responses arrived before their request was logged"
+
+
+# ---------------------------------------------------------------- part layout on the server's disk
+
+
+def _session_dir(emu: FilesApiEmulator) -> Path:
+    [folder] = [p for p in (emu.root / ".emulator" / "uploads").iterdir() if p.is_dir()]
+    return folder
+
+
+def test_uniform_parts_in_any_order_complete_without_a_copy(api: Api, emu: FilesApiEmulator) -> None:
+    path = f"{VOL}/layout/uniform.bin"
+    data = payload(4 * MIN_PART + 123, seed=11)
+    chunks = [data[i : i + MIN_PART] for i in range(0, len(data), MIN_PART)]
+    token = api.initiate(path)
+    order = [1, 4, 2, 5, 3]  # part 1 first (as the SDK sends it), the rest out of order
+    etags = {}
+    for n in order:
+        resp = api.put_part(api.part_url(path, token, n), chunks[n - 1])
+        assert resp.status_code == 200
+        etags[n] = resp.headers["ETag"]
+    staged = (_session_dir(emu) / "parts.data").stat().st_ino
+    assert api.complete(path, token, sorted(etags.items())).status_code == 200
+    assert api.get(path).content == data
+    assert emu.local_path(path).stat().st_ino == staged  # renamed into place, not copied
+
+
+def test_irregular_parts_are_joined_by_copy(api: Api, emu: FilesApiEmulator) -> None:
+    path = f"{VOL}/layout/irregular.bin"
+    token = api.initiate(path)
+    last = payload(1000, seed=1)
+    big = [payload(MIN_PART, seed=2), payload(MIN_PART, seed=3)]
+    # the short last part arrives first and sets the slot size; the larger ones get files of their own
+    e3 = api.put_part(api.part_url(path, token, 3), last).headers["ETag"]
+    e1 = api.put_part(api.part_url(path, token, 1), big[0]).headers["ETag"]
+    e2 = api.put_part(api.part_url(path, token, 2), big[1]).headers["ETag"]
+    assert api.complete(path, token, [(1, e1), (2, e2), (3, e3)]).status_code == 200
+    assert api.get(path).content == big[0] + big[1] + last
+
+
+def test_gaps_in_part_numbers_are_joined_in_order(api: Api) -> None:
+    path = f"{VOL}/layout/gaps.bin"
+    token = api.initiate(path)
+    a, b = payload(MIN_PART, seed=4), payload(77, seed=5)
+    e1 = api.put_part(api.part_url(path, token, 1), a).headers["ETag"]
+    e3 = api.put_part(api.part_url(path, token, 3), b).headers["ETag"]
+    assert api.complete(path, token, [(1, e1), (3, e3)]).status_code == 200
+    assert api.get(path).content == a + b
+
+
+def test_resending_a_stored_part_never_corrupts_it(api: Api, emu: FilesApiEmulator) -> None:
+    """A re-send that breaks mid-body must not damage the copy the server already acknowledged."""
+    path = f"{VOL}/layout/resend.bin"
+    token = api.initiate(path)
+    chunks = [payload(MIN_PART, seed=6), payload(MIN_PART // 2, seed=7)]
+    etags = dict(api.upload_parts(path, token, chunks))
+    emu.add_fault(route="presigned.part", part_number=1, cut_after_bytes=MIN_PART // 3)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        api.put_part(api.part_url(path, token, 1), payload(MIN_PART, seed=99))
+    assert api.complete(path, token, sorted(etags.items())).status_code == 200
+    assert api.get(path).content == chunks[0] + chunks[1]
+
+
+def test_a_replaced_part_gets_a_new_etag(api: Api) -> None:
+    path = f"{VOL}/layout/replace.bin"
+    token = api.initiate(path)
+    first = api.put_part(api.part_url(path, token, 1), payload(MIN_PART, seed=8)).headers["ETag"]
+    second = api.put_part(api.part_url(path, token, 1), payload(MIN_PART, seed=9)).headers["ETag"]
+    assert first != second
+    assert api.complete(path, token, [(1, first)]).status_code == 400  # only the last upload counts
+    assert api.complete(path, token, [(1, second)]).status_code == 200
+    assert api.get(path).content == payload(MIN_PART, seed=9)

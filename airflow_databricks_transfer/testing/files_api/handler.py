@@ -123,6 +123,12 @@ class FilesApiHandler(BaseHTTPRequestHandler):
     server: FilesApiServer
 
     # ------------------------------------------------------------------ plumbing
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            _discard_pipe()  # one thread per connection: its pipe must not outlive it
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -842,8 +848,17 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             raise bad_request(
                 f"Part exceeds the maximum part size of {self.server.settings.max_part_size_bytes}"
             )
-        tmp, _ = self._receive_to_temp()
-        return store.commit_part(token, number, tmp).etag
+        slot = store.open_part_slot(token, number, length)
+        flags = os.O_WRONLY | (os.O_CREAT | os.O_EXCL if slot.where == "file" else 0)
+        fd = os.open(slot.path, flags, 0o644)
+        try:
+            size = self._recv_body_to_fd(fd, slot.offset)
+        except BaseException:
+            store.abandon_part_slot(slot)
+            raise
+        finally:
+            os.close(fd)
+        return store.commit_part(token, number, slot, size).etag
 
     def _proxy_part_put(self) -> None:
         assert self.part_number is not None

@@ -9,6 +9,7 @@ Wire concerns (HTTP, JSON shapes, auth) stay in ``handler.py``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -32,6 +33,8 @@ from airflow_databricks_transfer.testing.files_api.errors import (
 from airflow_databricks_transfer.testing.files_api.settings import EmulatorSettings
 
 _PART_PREFIX = "part-"
+_PARTS_DATA = "parts.data"
+_LAYOUT = "layout.json"
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,17 @@ class PartMeta:
     number: int
     size: int
     etag: str
+    where: str = "file"  # "data": in the session's parts.data at ``offset``; "file": its own file
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class PartSlot:
+    """Where the body of an incoming part is written."""
+
+    path: Path
+    offset: int
+    where: str
 
 
 class Store:
@@ -374,36 +388,81 @@ class Store:
                 out.append({"path": s.path, "kind": s.kind, "expires_at": s.expires_at, "parts": parts})
             return out
 
+    # Parts of the usual, uniform size are written straight into one sparse file per session at
+    # (n - 1) * part_size, where part_size is the size of the first part received; complete-upload then
+    # only truncates and renames it. Any other part (a larger one, a chunked body, a re-send of a part
+    # already stored there) gets a file of its own and complete-upload falls back to joining copies.
     def part_path(self, token: str, number: int) -> Path:
-        return self.uploads_dir / token / f"{_PART_PREFIX}{number:05d}"
+        return self.uploads_dir / token / f"{_PART_PREFIX}{number:05d}.bin"
+
+    def _part_meta_path(self, token: str, number: int) -> Path:
+        return self.uploads_dir / token / f"{_PART_PREFIX}{number:05d}.json"
+
+    def _nominal_part_size(self, token: str) -> int | None:
+        layout = self.uploads_dir / token / _LAYOUT
+        try:
+            return int(json.loads(layout.read_text())["part_size"])
+        except FileNotFoundError:
+            return None
 
     def check_part_number(self, number: int) -> None:
         if not 1 <= number <= self.settings.max_parts:
             raise bad_request(f"part_number must be in 1..{self.settings.max_parts}, got {number}")
 
-    def commit_part(self, token: str, number: int, tmp: Path) -> PartMeta:
+    def open_part_slot(self, token: str, number: int, length: int | None) -> PartSlot:
+        """Decide where the body of an incoming part goes, before a byte of it is read."""
+        self.check_part_number(number)
+        with self._lock:
+            self.session(token)
+            folder = self.uploads_dir / token
+            existing = self._read_part_meta(token, number)
+            if length and (existing is None or existing.where != "data"):
+                nominal = self._nominal_part_size(token)
+                if nominal is None:
+                    nominal = length
+                    _write_atomic(folder / _LAYOUT, json.dumps({"part_size": nominal}))
+                if length <= nominal:
+                    data = folder / _PARTS_DATA
+                    data.touch(exist_ok=True)
+                    return PartSlot(data, (number - 1) * nominal, "data")
+            return PartSlot(self.new_temp(), 0, "file")
+
+    def abandon_part_slot(self, slot: PartSlot) -> None:
+        if slot.where == "file":
+            slot.path.unlink(missing_ok=True)
+
+    def commit_part(self, token: str, number: int, slot: PartSlot, size: int) -> PartMeta:
         with self._lock:
             try:
                 self.session(token)
             except BaseException:
-                tmp.unlink(missing_ok=True)
+                self.abandon_part_slot(slot)
                 raise
-            dest = self.part_path(token, number)
-            tmp.replace(dest)
-            st = dest.stat()
-            return PartMeta(number, st.st_size, etag_of(st))
+            if slot.where == "file":
+                slot.path.replace(self.part_path(token, number))
+            key = f"{token}:{number}:{size}:{time.time_ns()}:{secrets.token_hex(8)}".encode()
+            etag = '"' + hashlib.blake2b(key, digest_size=16).hexdigest() + '"'
+            meta = PartMeta(number, size, etag, slot.where, slot.offset)
+            _write_atomic(self._part_meta_path(token, number), json.dumps(asdict(meta)))
+            return meta
+
+    def _read_part_meta(self, token: str, number: int) -> PartMeta | None:
+        try:
+            return PartMeta(**json.loads(self._part_meta_path(token, number).read_text()))
+        except FileNotFoundError:
+            return None
 
     def list_parts(self, token: str) -> list[PartMeta]:
         folder = self.uploads_dir / token
-        parts = []
         try:
-            entries = list(os.scandir(folder))
+            names = [e.name for e in os.scandir(folder)]
         except FileNotFoundError:
             return []
-        for e in entries:
-            if e.name.startswith(_PART_PREFIX):
-                st = e.stat()
-                parts.append(PartMeta(int(e.name[len(_PART_PREFIX) :]), st.st_size, etag_of(st)))
+        parts = []
+        for name in names:
+            if name.startswith(_PART_PREFIX) and name.endswith(".json"):
+                with contextlib.suppress(FileNotFoundError):
+                    parts.append(PartMeta(**json.loads((folder / name).read_text())))
         return sorted(parts, key=lambda p: p.number)
 
     def complete_multipart(self, token: str, path: str, listed: list[tuple[int, str]]) -> FileMeta:
@@ -429,21 +488,33 @@ class Store:
                 )
         if session.overwrite is False and self.disk_path(vp).exists():
             raise already_exists(session.path)
+        parts = [have[n] for n in numbers]
+        nominal = self._nominal_part_size(token)
+        folder = self.uploads_dir / token
+        in_place = (
+            numbers == list(range(1, len(parts) + 1))
+            and all(p.where == "data" for p in parts)
+            and all(p.size == nominal for p in parts[:-1])
+        )
         tmp = self.new_temp()
         try:
-            if len(listed) == 1:
-                os.link(self.part_path(token, listed[0][0]), tmp)
+            if in_place:  # the bytes already sit in order: no copy
+                os.truncate(folder / _PARTS_DATA, sum(p.size for p in parts))
+                (folder / _PARTS_DATA).replace(tmp)
             else:
                 with open(tmp, "wb") as out:
-                    for number, _ in listed:
-                        with open(self.part_path(token, number), "rb") as src:
-                            _copy_all(src.fileno(), out.fileno(), have[number].size)
+                    for p in parts:
+                        src = folder / _PARTS_DATA if p.where == "data" else self.part_path(token, p.number)
+                        with open(src, "rb") as f:
+                            _copy_all(f.fileno(), out.fileno(), p.size, p.offset)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        meta = self.commit_file(vp, tmp, session.overwrite)
-        with self._lock:
-            self._drop_session(token, "completed")
+        try:
+            meta = self.commit_file(vp, tmp, session.overwrite)
+        finally:
+            with self._lock:  # its bytes have moved: the session cannot be completed twice
+                self._drop_session(token, "completed")
         return meta
 
     def abort(self, token: str, path: str | None = None) -> None:
@@ -608,13 +679,19 @@ class Store:
                 yield "/" + str(p.relative_to(self.root)), FileMeta(st.st_size, st.st_mtime_ns, etag_of(st))
 
 
-def _copy_all(src_fd: int, dst_fd: int, size: int) -> None:
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _copy_all(src_fd: int, dst_fd: int, size: int, src_offset: int = 0) -> None:
     copied = 0
     while copied < size:
         try:
-            n = os.copy_file_range(src_fd, dst_fd, size - copied)
+            n = os.copy_file_range(src_fd, dst_fd, size - copied, src_offset + copied)
         except (AttributeError, OSError):
-            n = os.sendfile(dst_fd, src_fd, None, size - copied)
+            n = os.sendfile(dst_fd, src_fd, src_offset + copied, size - copied)
         if n == 0:
             raise OSError(f"short copy: {copied} of {size} bytes")
         copied += n
