@@ -9,6 +9,7 @@ Airflow glue never look at HTTP status codes or SDK exception classes.
     │   └── ConnectionLostError   reset, timeout, short body
     ├── UrlExpiredError           a presigned URL expired: mint a new one, then retry
     ├── SessionLostError          the remote upload session is gone: start the upload clean
+    ├── RetryBudgetExceeded       transient errors went on too long: keep the checkpoint, retry the task
     └── FatalError                retrying cannot help
         ├── AuthError
         ├── RemoteNotFoundError
@@ -17,8 +18,8 @@ Airflow glue never look at HTTP status codes or SDK exception classes.
         ├── SourceChangedError     the local source changed during or between tries
         ├── CheckpointError        a checkpoint that is corrupt, foreign or from the future
         ├── InsufficientSpaceError the local disk is full
-        ├── InvalidRequestError    the server refused the request as malformed (4xx)
-        └── RetryBudgetExceeded    transient errors went on for too long
+        ├── MultipartUnavailableError the workspace offers no multipart/presigned upload here
+        └── InvalidRequestError    the server refused the request as malformed (4xx)
 """
 
 from __future__ import annotations
@@ -88,8 +89,12 @@ class InvalidRequestError(FatalError):
     pass
 
 
-class RetryBudgetExceeded(FatalError):
-    """Transient failures went on past the recovery budget."""
+class MultipartUnavailableError(FatalError):
+    """No multipart session can be had (presigned URLs disabled, serverless network zone...)."""
+
+
+class RetryBudgetExceeded(TransferError):
+    """Transient failures went on past the recovery budget; a later try may well succeed."""
 
     def __init__(self, message: str, last_error: BaseException | None = None) -> None:
         super().__init__(message)

@@ -1,0 +1,1 @@
+"""Adapters that speak each wire protocol and implement the engine ports."""

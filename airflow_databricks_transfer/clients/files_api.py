@@ -1,0 +1,515 @@
+"""Databricks Files API adapter: implements the engine's upload and download ports.
+
+Control calls (initiate, part URLs, complete, abort, download URLs) go through databricks-sdk's
+authenticated ``ApiClient``, so every auth method the SDK supports works. Data goes through a pooled
+HTTP session: presigned URLs without any auth header, and the workspace's own Files API (single-shot
+PUT, direct GET when presigned URLs are unavailable) with the SDK's auth headers. Every failure leaves
+this module as an error of the engine's tree.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+from urllib.parse import quote
+
+import requests
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.errors import platform as sdk_errors
+from databricks.sdk.errors.base import DatabricksError
+
+from airflow_databricks_transfer.clients.http import HttpPool, Response
+from airflow_databricks_transfer.engine.checkpoint import RemoteVersion
+from airflow_databricks_transfer.engine.errors import (
+    AlreadyExistsError,
+    AuthError,
+    ConnectionLostError,
+    InvalidRequestError,
+    MultipartUnavailableError,
+    RemoteChangedError,
+    RemoteNotFoundError,
+    RetryableError,
+    SessionLostError,
+    ThrottledError,
+    TransferError,
+    UrlExpiredError,
+)
+from airflow_databricks_transfer.engine.ports import PresignedUrl, UploadSession
+
+log = logging.getLogger(__name__)
+
+FILES = "/api/2.0/fs/files"
+DIRS = "/api/2.0/fs/directories"
+_RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+_PRESIGNED_DISABLED = "FILES_API_API_IS_NOT_ENABLED"
+
+
+def _quote(path: str) -> str:
+    if not path.startswith("/"):
+        raise InvalidRequestError(
+            f"Files API paths are absolute, like /Volumes/catalog/schema/volume/...: {path!r}"
+        )
+    return quote(path)
+
+
+def _expire_time(ttl_s: float) -> tuple[str, float]:
+    expires = time.time() + ttl_s
+    return datetime.fromtimestamp(expires, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), expires
+
+
+def _retry_after(headers: Mapping[str, str] | Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _is_expired_body(body: bytes) -> bool:
+    text = body.decode("utf-8", "replace")
+    return (
+        "<Code>ExpiredToken</Code>" in text
+        or (
+            "<Code>AuthenticationFailed</Code>" in text
+            and "Signature not valid in the specified time frame" in text
+        )
+        or ("<Code>AccessDenied</Code>" in text and "<Message>Request has expired</Message>" in text)
+    )
+
+
+def _reason(body: bytes) -> str:
+    """A short, credential-free description of an error body."""
+    text = body.decode("utf-8", "replace")
+    m = re.search(r'"message"\s*:\s*"([^"]{0,300})', text) or re.search(r"<Message>([^<]{0,300})", text)
+    code = re.search(r'"error_code"\s*:\s*"([A-Z_]+)', text) or re.search(r"<Code>([^<]{0,80})", text)
+    parts = [g.group(1) for g in (code, m) if g]
+    return ": ".join(parts) if parts else text[:200]
+
+
+def http_error(
+    status: int, body: bytes, headers: Any, what: str, *, session_call: bool = False
+) -> TransferError:
+    """Map a non-2xx answer (workspace JSON or cloud XML) to the engine's error tree."""
+    reason = f"{what}: HTTP {status} {_reason(body)}".strip()
+    if status in (400, 403) and _is_expired_body(body):
+        return UrlExpiredError(reason)
+    if status in (429, 503):
+        return ThrottledError(reason, retry_after_s=_retry_after(headers))
+    if status in _RETRYABLE_STATUS:
+        return RetryableError(reason, retry_after_s=_retry_after(headers))
+    if status == 404:
+        text = body.decode("utf-8", "replace")
+        if session_call or "NoSuchUpload" in text:
+            return SessionLostError(reason)
+        return RemoteNotFoundError(reason)
+    if status in (401, 403):
+        return AuthError(reason)
+    if status == 409:
+        return AlreadyExistsError(reason)
+    if status == 412:
+        return RemoteChangedError(reason)
+    return InvalidRequestError(reason)
+
+
+def sdk_error(err: BaseException, what: str, *, session_call: bool = False) -> TransferError:
+    """Map a databricks-sdk exception (from an ApiClient call) to the engine's error tree."""
+    msg = f"{what}: {err}"
+    if isinstance(err, (requests.ConnectionError, requests.Timeout)):
+        return ConnectionLostError(msg)
+    if not isinstance(err, DatabricksError):
+        return InvalidRequestError(msg)
+    reasons = {d.reason for d in err.get_error_info()}
+    if _PRESIGNED_DISABLED in reasons:
+        return MultipartUnavailableError(msg)
+    if isinstance(err, sdk_errors.NotFound):
+        return SessionLostError(msg) if session_call else RemoteNotFoundError(msg)
+    if isinstance(err, sdk_errors.ResourceConflict):
+        return AlreadyExistsError(msg)
+    if isinstance(err, (sdk_errors.Unauthenticated, sdk_errors.PermissionDenied)):
+        return AuthError(msg)
+    if isinstance(err, (sdk_errors.TooManyRequests, sdk_errors.TemporarilyUnavailable)):
+        return ThrottledError(msg, retry_after_s=err.retry_after_secs)
+    if isinstance(err, (sdk_errors.InternalError, sdk_errors.DeadlineExceeded)):
+        return RetryableError(msg)
+    return InvalidRequestError(msg)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    name: str
+    is_directory: bool
+    size: int | None
+    last_modified_ms: int | None
+
+
+class FilesApiClient:
+    """One workspace; hands out upload targets and download sources for paths in it."""
+
+    def __init__(
+        self,
+        workspace: WorkspaceClient,
+        *,
+        http: HttpPool | None = None,
+        use_presigned: bool = True,
+        url_ttl_s: float = 3600.0,
+    ) -> None:
+        self.workspace = workspace
+        self.http = http or HttpPool()
+        self.use_presigned = use_presigned
+        self.url_ttl_s = url_ttl_s
+        self.host = workspace.config.host.rstrip("/")
+
+    # ------------------------------------------------------------------ plumbing
+    def control(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+        what: str,
+        session_call: bool = False,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            return self.workspace.api_client.do(method, path, query=query, body=body, headers=headers)
+        except (DatabricksError, requests.RequestException) as err:
+            raise sdk_error(err, what, session_call=session_call) from err
+
+    def auth_headers(self) -> dict[str, str]:
+        """Fresh auth headers of the workspace (OAuth tokens are refreshed by the SDK as needed)."""
+        headers = dict(self.workspace.config.authenticate())
+        workspace_id = getattr(self.workspace.config, "workspace_id", None)
+        if workspace_id:
+            headers["X-Databricks-Workspace-Id"] = str(workspace_id)
+        return headers
+
+    def workspace_request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: memoryview | None = None,
+        body_file: tuple[str, int] | None = None,
+    ) -> Response:
+        return self.http.request(
+            method,
+            f"{self.host}{path}",
+            {**self.auth_headers(), **(headers or {})},
+            body=body,
+            body_file=body_file,
+        )
+
+    # ------------------------------------------------------------------ metadata and directories
+    def stat(self, path: str) -> RemoteVersion | None:
+        resp = self.workspace_request("HEAD", f"{FILES}{_quote(path)}")
+        resp.read()
+        if resp.status == 404:
+            return None
+        if resp.status >= 300:
+            raise http_error(resp.status, b"", resp.headers, f"HEAD {path}")
+        return RemoteVersion(
+            int(resp.headers.get("Content-Length", "0")),
+            resp.headers.get("ETag"),
+            resp.headers.get("Last-Modified"),
+        )
+
+    def list_directory(self, path: str, *, page_size: int | None = None) -> Iterator[FileInfo]:
+        token: str | None = None
+        while True:
+            query: dict[str, Any] = {}
+            if page_size:
+                query["page_size"] = page_size
+            if token:
+                query["page_token"] = token
+            page = self.control("GET", f"{DIRS}{_quote(path)}", query=query, what=f"list {path}")
+            for e in page.get("contents", []):
+                yield FileInfo(
+                    e["path"],
+                    e["name"],
+                    bool(e.get("is_directory")),
+                    e.get("file_size"),
+                    e.get("last_modified"),
+                )
+            token = page.get("next_page_token")
+            if not token:
+                return
+
+    def create_directory(self, path: str) -> None:
+        self.control("PUT", f"{DIRS}{_quote(path)}", what=f"create directory {path}")
+
+    def directory_exists(self, path: str) -> bool:
+        try:
+            self.control("HEAD", f"{DIRS}{_quote(path)}", what=f"HEAD directory {path}")
+        except RemoteNotFoundError:
+            return False
+        return True
+
+    def delete_file(self, path: str) -> None:
+        self.control("DELETE", f"{FILES}{_quote(path)}", what=f"delete {path}")
+
+    def delete_directory(self, path: str) -> None:
+        self.control("DELETE", f"{DIRS}{_quote(path)}", what=f"delete directory {path}")
+
+    def upload_target(self, path: str) -> FilesApiUploadTarget:
+        _quote(path)
+        return FilesApiUploadTarget(self, path)
+
+    def download_source(self, path: str) -> FilesApiDownloadSource:
+        _quote(path)
+        return FilesApiDownloadSource(self, path)
+
+
+class FilesApiUploadTarget:
+    def __init__(self, client: FilesApiClient, path: str) -> None:
+        self.client = client
+        self._path = path
+        self._q = _quote(path)
+
+    @property
+    def destination(self) -> str:
+        return self._path
+
+    def stat(self) -> RemoteVersion | None:
+        return self.client.stat(self._path)
+
+    def put_single(self, source_path: str, size: int, *, overwrite: bool) -> None:
+        resp = self.client.workspace_request(
+            "PUT",
+            f"{FILES}{self._q}?overwrite={str(overwrite).lower()}",
+            headers={"Content-Type": "application/octet-stream"},
+            body_file=(source_path, size),
+        )
+        body = resp.read()
+        if resp.status >= 300:
+            raise http_error(resp.status, body, resp.headers, f"upload {self._path}")
+
+    def initiate(self, *, overwrite: bool) -> UploadSession:
+        answer = self.client.control(
+            "POST",
+            f"{FILES}{self._q}",
+            query={"action": "initiate-upload", "overwrite": str(overwrite).lower()},
+            what=f"initiate upload of {self._path}",
+        )
+        kind: Literal["multipart", "resumable"]
+        for key, kind in (("multipart_upload", "multipart"), ("resumable_upload", "resumable")):
+            token = (answer.get(key) or {}).get("session_token") if isinstance(answer, dict) else None
+            if token:
+                return UploadSession(kind, token)
+        raise MultipartUnavailableError(f"initiate-upload of {self._path} gave no upload session")
+
+    def part_urls(self, token: str, first: int, count: int) -> dict[int, PresignedUrl]:
+        expire, expires_at = _expire_time(self.client.url_ttl_s)
+        answer = self.client.control(
+            "POST",
+            "/api/2.0/fs/create-upload-part-urls",
+            body={
+                "path": self._path,
+                "session_token": token,
+                "start_part_number": first,
+                "count": count,
+                "expire_time": expire,
+            },
+            what=f"part URLs for {self._path}",
+            session_call=True,
+        )
+        urls = {}
+        for item in answer.get("upload_part_urls", []):
+            headers = tuple((h["name"], h["value"]) for h in item.get("headers") or [])
+            urls[int(item["part_number"])] = PresignedUrl(item["url"], headers, expires_at)
+        return urls
+
+    def put_part(self, url: PresignedUrl, body: memoryview) -> str:
+        headers = {"Content-Type": "application/octet-stream", **dict(url.headers)}
+        resp = self.client.http.request("PUT", url.url, headers, body=body)
+        data = resp.read()
+        if resp.status not in (200, 201):
+            raise http_error(
+                resp.status, data, resp.headers, f"part upload to {self._path}", session_call=False
+            )
+        return resp.headers.get("ETag") or ""
+
+    def complete(self, token: str, parts: Sequence[tuple[int, str]]) -> None:
+        self.client.control(
+            "POST",
+            f"{FILES}{self._q}",
+            query={"action": "complete-upload", "upload_type": "multipart", "session_token": token},
+            body={"parts": [{"part_number": n, "etag": e} for n, e in parts]},
+            what=f"complete upload of {self._path}",
+            session_call=True,
+        )
+
+    def abort(self, token: str) -> None:
+        self.client.control(
+            "POST",
+            f"{FILES}{self._q}",
+            query={"action": "abort-upload", "upload_type": "multipart", "session_token": token},
+            what=f"abort upload of {self._path}",
+            session_call=True,
+        )
+
+    def resumable_url(self, token: str) -> PresignedUrl:
+        answer = self.client.control(
+            "POST",
+            "/api/2.0/fs/create-resumable-upload-url",
+            body={"path": self._path, "session_token": token},
+            what=f"resumable URL for {self._path}",
+            session_call=True,
+        )
+        node = answer.get("resumable_upload_url") or {}
+        if not node.get("url"):
+            raise MultipartUnavailableError("create-resumable-upload-url gave no URL")
+        return PresignedUrl(node["url"], tuple((h["name"], h["value"]) for h in node.get("headers") or []))
+
+    def _resumable_answer(self, resp: Response, what: str) -> int | None:
+        data = resp.read()
+        if resp.status in (200, 201):
+            return None
+        if resp.status == 308:
+            rng = resp.headers.get("Range")
+            return int(rng.rsplit("-", 1)[1]) + 1 if rng else 0
+        if resp.status == 412:
+            raise AlreadyExistsError(f"{self._path} already exists (412 from the resumable upload)")
+        raise http_error(resp.status, data, resp.headers, what, session_call=resp.status == 404)
+
+    def put_chunk(self, url: PresignedUrl, body: memoryview, offset: int, total: int | None) -> int | None:
+        end = offset + len(body) - 1
+        headers = {
+            "Content-Type": "application/octet-stream",
+            **dict(url.headers),
+            "Content-Range": f"bytes {offset}-{end}/{'*' if total is None else total}",
+        }
+        resp = self.client.http.request("PUT", url.url, headers, body=body)
+        return self._resumable_answer(resp, f"resumable chunk of {self._path}")
+
+    def query_confirmed(self, url: PresignedUrl) -> int | None:
+        resp = self.client.http.request(
+            "PUT", url.url, {**dict(url.headers), "Content-Range": "bytes */*"}, body=b""
+        )
+        return self._resumable_answer(resp, f"resumable status of {self._path}")
+
+
+class _RangeReader:
+    def __init__(self, resp: Response, expected: int) -> None:
+        self._resp = resp
+        self._left = expected
+
+    def readinto(self, buf: memoryview) -> int:
+        if self._left <= 0:
+            return 0
+        n = self._resp.readinto(buf[: min(len(buf), self._left)])
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+class FilesApiDownloadSource:
+    """Ranged reads of one file, through a shared presigned URL when the workspace offers them."""
+
+    def __init__(self, client: FilesApiClient, path: str) -> None:
+        self.client = client
+        self._path = path
+        self._q = _quote(path)
+        self._url: PresignedUrl | None = None
+        self._direct = not client.use_presigned
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def stat(self) -> RemoteVersion:
+        remote = self.client.stat(self._path)
+        if remote is None:
+            raise RemoteNotFoundError(f"{self._path} does not exist")
+        return remote
+
+    def invalidate_url(self) -> None:
+        with self._lock:
+            self._url = None
+
+    def _presigned(self) -> PresignedUrl | None:
+        with self._lock:
+            if self._direct:
+                return None
+            if self._url is None or self._url.expires_at - time.time() < 60:
+                expire, expires_at = _expire_time(self.client.url_ttl_s)
+                try:
+                    answer = self.client.control(
+                        "POST",
+                        "/api/2.0/fs/create-download-url",
+                        query={"path": self._path, "expire_time": expire},
+                        what=f"download URL for {self._path}",
+                    )
+                except (MultipartUnavailableError, AuthError, InvalidRequestError) as err:
+                    log.info("presigned download URLs unavailable (%s); reading through the Files API", err)
+                    self._direct = True
+                    return None
+                if not answer.get("url"):
+                    self._direct = True
+                    return None
+                headers = tuple((h["name"], h["value"]) for h in answer.get("headers") or [])
+                self._url = PresignedUrl(answer["url"], headers, expires_at)
+            return self._url
+
+    def open_range(self, start: int, length: int, pinned: RemoteVersion) -> _RangeReader:
+        headers = {"Range": f"bytes={start}-{start + length - 1}", "Accept": "application/octet-stream"}
+        if pinned.last_modified:
+            headers["If-Unmodified-Since"] = pinned.last_modified
+        url = self._presigned()
+        if url is not None:
+            resp = self.client.http.request("GET", url.url, {**dict(url.headers), **headers})
+        else:
+            if pinned.etag:
+                headers["If-Match"] = pinned.etag
+            resp = self.client.workspace_request("GET", f"{FILES}{self._q}", headers=headers)
+        if resp.status not in (200, 206):
+            body = resp.read()
+            raise http_error(resp.status, body, resp.headers, f"download {self._path}")
+        self._check_version(resp, start, length, pinned)
+        return _RangeReader(resp, length)
+
+    def _check_version(self, resp: Response, start: int, length: int, pinned: RemoteVersion) -> None:
+        """Refuse bytes of another version, even from a server that ignores the conditional headers."""
+        last_modified = resp.headers.get("Last-Modified")
+        total = None
+        content_range = resp.headers.get("Content-Range")
+        if resp.status == 206 and content_range:
+            m = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", content_range)
+            if not m or int(m.group(1)) != start or int(m.group(2)) != start + length - 1:
+                resp.close()
+                raise ConnectionLostError(
+                    f"unexpected Content-Range {content_range!r} for bytes {start}+{length}"
+                )
+            total = None if m.group(3) == "*" else int(m.group(3))
+        elif resp.status == 200:
+            total = int(resp.headers.get("Content-Length", "-1"))
+            if start != 0 or total != length:
+                resp.close()
+                raise ConnectionLostError("the server ignored the Range request")
+        changed = (total is not None and total != pinned.size) or (
+            last_modified is not None
+            and pinned.last_modified is not None
+            and last_modified != pinned.last_modified
+        )
+        if changed:
+            resp.close()
+            raise RemoteChangedError(
+                f"{self._path} changed (size or Last-Modified differs from the pinned version)"
+            )

@@ -1,0 +1,463 @@
+"""The download driver: parallel ranged GETs into a temp file beside the destination, then a rename.
+
+The transfer is pinned to one remote version (ETag / Last-Modified); if that changes mid-way the
+partial file is discarded and the download starts again, so two versions are never spliced. Finished
+chunks go to a checkpoint so a retry (even in a new process) fetches only what is missing. The temp
+file is preallocated, so a full disk fails at the start with a clear error instead of mid-way, and a
+disk that fills later still leaves a resumable state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, RemoteVersion
+from airflow_databricks_transfer.engine.errors import (
+    AlreadyExistsError,
+    ConnectionLostError,
+    FatalError,
+    InsufficientSpaceError,
+    RemoteChangedError,
+    TransferError,
+    UrlExpiredError,
+)
+from airflow_databricks_transfer.engine.ports import DownloadSource
+from airflow_databricks_transfer.engine.progress import BandwidthLimiter, ProgressTracker, Subscriber
+from airflow_databricks_transfer.engine.retry import Cancelled, RecoveryBudget, RetryPolicy, call_with_retry
+from airflow_databricks_transfer.engine.saver import CoalescingSaver
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+MAX_VERSION_RESTARTS = 2
+MAX_URL_REFRESHES = 3
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    chunk_size_bytes: int = 32 * MiB
+    parallelism: int = 4
+    buffer_size_bytes: int = 4 * MiB
+    overwrite: bool = True
+    compute_sha256: bool = True
+    expected_sha256: str | None = None
+    offset: int = 0
+    length: int | None = None
+    bandwidth_limit_bytes_per_s: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_total_retries: int | None = None
+    progress_interval_s: float = 10.0
+    fsync: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.parallelism <= 64:
+            raise ValueError("parallelism must be in 1..64")
+        if self.chunk_size_bytes <= 0 or self.buffer_size_bytes <= 0:
+            raise ValueError("chunk and buffer sizes must be positive")
+        if self.offset < 0 or (self.length is not None and self.length < 0):
+            raise ValueError("offset and length must be non-negative")
+        if self.expected_sha256 is not None and not self.compute_sha256:
+            raise ValueError("expected_sha256 needs compute_sha256")
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    source: str
+    destination: str
+    bytes: int
+    chunks: int
+    chunks_resumed: int
+    bytes_resumed: int
+    bytes_received: int
+    retries: int
+    seconds: float
+    sha256: str | None
+    remote_etag: str | None
+    restarted_reason: str | None = None
+
+    @property
+    def mib_per_s(self) -> float:
+        return (self.bytes_received / MiB) / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "bytes": self.bytes,
+            "chunks": self.chunks,
+            "chunks_resumed": self.chunks_resumed,
+            "bytes_resumed": self.bytes_resumed,
+            "bytes_received": self.bytes_received,
+            "retries": self.retries,
+            "seconds": round(self.seconds, 3),
+            "mib_per_s": round(self.mib_per_s, 1),
+            "sha256": self.sha256,
+            "restarted_reason": self.restarted_reason,
+        }
+
+
+class DownloadCheckpointSink(Protocol):
+    def save(self, checkpoint: DownloadCheckpoint, changed_parts: frozenset[int]) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+class _NullSink:
+    def save(self, checkpoint: DownloadCheckpoint, changed_parts: frozenset[int]) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+def temp_path_for(destination: str) -> str:
+    head, tail = os.path.split(os.path.abspath(destination))
+    return os.path.join(head, f".{tail}.adt-partial")
+
+
+def _is_disk_full(err: OSError) -> bool:
+    return err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(path: str, needed: int) -> InsufficientSpaceError:
+    try:
+        st = os.statvfs(os.path.dirname(path) or ".")
+        detail = f"{st.f_bavail * st.f_frsize} bytes free, {needed} more needed"
+    except OSError:
+        detail = f"{needed} more bytes needed"
+    return InsufficientSpaceError(
+        f"no space left for {path} ({detail}); finished chunks are kept: free some space and retry to resume"
+    )
+
+
+class Downloader:
+    """Download one remote object (or a byte range of it) to one local path."""
+
+    def __init__(
+        self,
+        source: DownloadSource,
+        destination: str | os.PathLike[str],
+        options: DownloadOptions | None = None,
+        *,
+        sink: DownloadCheckpointSink | None = None,
+        subscribers: list[Subscriber] | None = None,
+    ) -> None:
+        self.source = source
+        self.destination = os.path.abspath(os.fspath(destination))
+        self.options = options or DownloadOptions()
+        self.sink: DownloadCheckpointSink = sink or _NullSink()
+        self.subscribers = subscribers or []
+        self._cancelled = False
+        self._stop = threading.Event()  # per run: set by cancel() or by a failing worker
+        self._retries = 0
+        self._lock = threading.Lock()
+        self._budget = RecoveryBudget(0)
+
+    def cancel(self) -> None:
+        """Stop the workers within seconds; finished chunks stay in the checkpoint for the next try."""
+        self._cancelled = True
+        self._stop.set()
+
+    def run(self, checkpoint: DownloadCheckpoint | None = None) -> DownloadResult:
+        started = time.monotonic()
+        opts = self.options
+        if os.path.isdir(self.destination):
+            raise AlreadyExistsError(f"destination {self.destination} is a directory")
+        if not opts.overwrite and os.path.exists(self.destination):
+            raise AlreadyExistsError(f"{self.destination} exists and overwrite is off")
+        parent = os.path.dirname(self.destination)
+        if not os.path.isdir(parent):
+            raise FatalError(f"the destination folder {parent} does not exist")
+        restarted: str | None = None
+        for _attempt in range(MAX_VERSION_RESTARTS + 1):
+            if self._cancelled:
+                raise Cancelled("download cancelled")
+            self._stop = threading.Event()
+            remote = self.source.stat()
+            checkpoint, why = self._usable(checkpoint, remote)
+            if why:
+                restarted = why
+                log.warning("Not resuming the download of %s: %s. Starting clean.", self.source.path, why)
+            try:
+                return self._run_version(remote, checkpoint, started, restarted)
+            except RemoteChangedError as err:
+                restarted = f"the remote file changed during the download ({err})"
+                log.warning(
+                    "%s: %s; discarding the partial file and starting again", self.source.path, restarted
+                )
+                self._discard()
+                checkpoint = None
+        raise RemoteChangedError(
+            f"{self.source.path} kept changing during the download ({MAX_VERSION_RESTARTS + 1} attempts)"
+        )
+
+    # ------------------------------------------------------------------ checkpoint validation
+    def _usable(
+        self, cp: DownloadCheckpoint | None, remote: RemoteVersion
+    ) -> tuple[DownloadCheckpoint | None, str | None]:
+        if cp is None:
+            return None, None
+        opts = self.options
+        why = None
+        length = self._length(remote)
+        if cp.source != self.source.path:
+            why = f"checkpoint is for {cp.source}, not {self.source.path}"
+        elif cp.destination != self.destination:
+            why = f"checkpoint is for destination {cp.destination}"
+        elif cp.remote != remote:
+            why = "the remote file changed since the last try"
+        elif (cp.offset, cp.length, cp.chunk_size) != (opts.offset, length, opts.chunk_size_bytes):
+            why = "the requested range or chunk size differs from the last try"
+        elif not os.path.isfile(cp.temp_path) or os.path.getsize(cp.temp_path) != cp.length:
+            why = "the partial file of the last try is gone or has the wrong size"
+        if why:
+            self._discard(cp.temp_path)
+            self.sink.clear()
+            return None, why
+        return cp, None
+
+    def _length(self, remote: RemoteVersion) -> int:
+        opts = self.options
+        if opts.offset > remote.size:
+            raise FatalError(
+                f"offset {opts.offset} is beyond the end of {self.source.path} ({remote.size} bytes)"
+            )
+        available = remote.size - opts.offset
+        return available if opts.length is None else min(opts.length, available)
+
+    def _discard(self, path: str | None = None) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path or temp_path_for(self.destination))
+
+    # ------------------------------------------------------------------ one pinned version
+    def _run_version(
+        self, remote: RemoteVersion, cp: DownloadCheckpoint | None, started: float, restarted: str | None
+    ) -> DownloadResult:
+        opts = self.options
+        length = self._length(remote)
+        if cp is None:
+            cp = DownloadCheckpoint(
+                self.source.path,
+                remote,
+                self.destination,
+                temp_path_for(self.destination),
+                opts.offset,
+                length,
+                opts.chunk_size_bytes,
+            )
+            fd = os.open(cp.temp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                if length and hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fd, 0, length)  # reserve the space now: fail early on a full disk
+                else:
+                    os.ftruncate(fd, length)
+            except OSError as err:
+                self._discard(cp.temp_path)
+                if _is_disk_full(err):
+                    raise _disk_full(cp.temp_path, length) from err
+                raise
+            finally:
+                os.close(fd)
+            self.sink.save(cp, frozenset())
+        else:
+            log.info(
+                "Resuming download of %s: %d of %d chunks already on disk",
+                self.source.path,
+                len(cp.done_chunks),
+                cp.chunk_count,
+            )
+        resumed_chunks, resumed_bytes = len(cp.done_chunks), cp.bytes_done
+        self._budget = RecoveryBudget(
+            opts.max_total_retries if opts.max_total_retries is not None else 10 + 2 * cp.chunk_count
+        )
+        tracker = ProgressTracker(
+            f"download {self.source.path}",
+            length,
+            cp.chunk_count,
+            subscribers=self.subscribers,
+            interval_s=opts.progress_interval_s,
+        )
+        tracker.resumed(resumed_bytes, resumed_chunks)
+        limiter = (
+            BandwidthLimiter(opts.bandwidth_limit_bytes_per_s) if opts.bandwidth_limit_bytes_per_s else None
+        )
+        todo = [i for i in range(cp.chunk_count) if i not in cp.done_chunks]
+        saver: CoalescingSaver[DownloadCheckpoint] = CoalescingSaver(self.sink.save)
+        state = {"cp": cp}
+        errors: list[BaseException] = []
+        queue = iter(todo)
+        qlock = threading.Lock()
+
+        def worker() -> None:
+            buf = memoryview(bytearray(opts.buffer_size_bytes))
+            fd = os.open(cp.temp_path, os.O_WRONLY)
+            try:
+                while not self._stop.is_set():
+                    with qlock:
+                        index = next(queue, None)
+                    if index is None:
+                        return
+                    start = index * cp.chunk_size
+                    size = min(cp.chunk_size, cp.length - start)
+                    self._fetch_chunk(fd, buf, start, size, remote, tracker, limiter)
+                    with self._lock:
+                        state["cp"] = state["cp"].with_chunk(index)
+                        saver.offer(state["cp"], index)
+                    tracker.add(0, part_done=True)
+            except BaseException as err:  # noqa: BLE001 - reported after the other workers stop
+                with self._lock:
+                    errors.append(err)
+                self._stop.set()
+            finally:
+                os.close(fd)
+
+        threads = [
+            threading.Thread(target=worker, name=f"download-{i}", daemon=True)
+            for i in range(min(opts.parallelism, max(1, len(todo))))
+        ]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors or self._stop.is_set():
+                saver.flush(state["cp"])
+                raise _most_severe(errors) if errors else Cancelled("download cancelled")
+            saver.flush(state["cp"])
+        finally:
+            saver.close()
+        return self._finish(state["cp"], remote, tracker, started, resumed_chunks, resumed_bytes, restarted)
+
+    def _fetch_chunk(
+        self,
+        fd: int,
+        buf: memoryview,
+        start: int,
+        size: int,
+        remote: RemoteVersion,
+        tracker: ProgressTracker,
+        limiter: BandwidthLimiter | None,
+    ) -> None:
+        """Fetch [start, start+size) of the range; after a broken body, continue from the last byte."""
+        done = 0
+        refreshes = 0
+        while True:
+
+            def attempt() -> None:
+                nonlocal done
+                reader = self.source.open_range(self.options.offset + start + done, size - done, remote)
+                try:
+                    while done < size:
+                        n = reader.readinto(buf[: min(len(buf), size - done)])
+                        if n == 0:
+                            raise ConnectionLostError(f"body ended {size - done} bytes early")
+                        if limiter is not None:
+                            limiter.acquire(n)
+                        try:
+                            written = 0
+                            while written < n:
+                                written += os.pwrite(fd, buf[written:n], start + done + written)
+                        except OSError as err:
+                            if _is_disk_full(err):
+                                raise _disk_full(self.destination, size - done) from err
+                            raise
+                        done += n
+                        tracker.add(n)
+                finally:
+                    reader.close()
+
+            try:
+                call_with_retry(
+                    attempt,
+                    self.options.retry,
+                    budget=self._budget,
+                    cancel=self._stop,
+                    on_retry=self._count_retry,
+                )
+                return
+            except UrlExpiredError as err:
+                refreshes += 1
+                if refreshes > MAX_URL_REFRESHES:
+                    raise
+                log.info("download URL expired; minting a new one (%s)", err)
+                self.source.invalidate_url()
+
+    def _count_retry(self, attempt: int, err: TransferError, delay: float) -> None:
+        with self._lock:
+            self._retries += 1
+        log.info("%s: retry %d in %.1f s after %s", self.source.path, attempt, delay, err)
+
+    def _finish(
+        self,
+        cp: DownloadCheckpoint,
+        remote: RemoteVersion,
+        tracker: ProgressTracker,
+        started: float,
+        resumed_chunks: int,
+        resumed_bytes: int,
+        restarted: str | None,
+    ) -> DownloadResult:
+        opts = self.options
+        size = os.path.getsize(cp.temp_path)
+        if size != cp.length:
+            raise FatalError(f"downloaded {size} bytes, expected {cp.length}")
+        digest = _sha256_file(cp.temp_path) if opts.compute_sha256 else None
+        if opts.expected_sha256 is not None and digest != opts.expected_sha256.lower():
+            self._discard(cp.temp_path)
+            self.sink.clear()
+            raise RemoteChangedError(
+                f"SHA-256 of {self.source.path} is {digest}, expected {opts.expected_sha256}"
+            )
+        # one last look: the object must still be the version we pinned (a HEAD is cheap)
+        if self.source.stat() != remote:
+            raise RemoteChangedError("the remote file changed just before the download finished")
+        if opts.fsync:
+            fd = os.open(cp.temp_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if not opts.overwrite and os.path.exists(self.destination):
+            raise AlreadyExistsError(f"{self.destination} appeared during the download and overwrite is off")
+        os.replace(cp.temp_path, self.destination)
+        tracker.finish()
+        self.sink.clear()
+        return DownloadResult(
+            self.source.path,
+            self.destination,
+            cp.length,
+            cp.chunk_count,
+            resumed_chunks,
+            resumed_bytes,
+            cp.length - resumed_bytes,
+            self._retries,
+            time.monotonic() - started,
+            digest,
+            remote.etag,
+            restarted,
+        )
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    buf = memoryview(bytearray(8 * MiB))
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(buf[:n])
+    return h.hexdigest()
+
+
+def _most_severe(errors: list[BaseException]) -> BaseException:
+    for kind in (InsufficientSpaceError, RemoteChangedError, FatalError, TransferError):
+        for err in errors:
+            if isinstance(err, kind) and not isinstance(err, Cancelled):
+                return err
+    return errors[0]

@@ -1,0 +1,88 @@
+"""The ports the engine drives. Wire clients (``clients/``) implement them; tests may too.
+
+Every method raises only the engine's error tree (``errors.py``), never a library's own exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from airflow_databricks_transfer.engine.checkpoint import RemoteVersion, UploadCheckpoint
+
+
+@dataclass(frozen=True)
+class PresignedUrl:
+    """A bearer credential: never log it, never store it (``repr`` hides it)."""
+
+    url: str = field(repr=False)
+    headers: tuple[tuple[str, str], ...] = ()
+    expires_at: float = float("inf")
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    protocol: Literal["multipart", "resumable"]
+    token: str = field(repr=False)
+
+
+class UploadTarget(Protocol):
+    """One destination path on a store that takes single-shot and multipart (or resumable) uploads."""
+
+    @property
+    def destination(self) -> str: ...
+
+    def stat(self) -> RemoteVersion | None:
+        """The current remote object, or None when there is none."""
+
+    def put_single(self, source_path: str, size: int, *, overwrite: bool) -> None:
+        """Stream ``size`` bytes of the file in one request."""
+
+    def initiate(self, *, overwrite: bool) -> UploadSession: ...
+
+    def part_urls(self, token: str, first: int, count: int) -> Mapping[int, PresignedUrl]:
+        """URLs for parts first..first+count-1; SessionLostError if the session is gone."""
+
+    def put_part(self, url: PresignedUrl, body: memoryview) -> str:
+        """Send one part; returns its ETag."""
+
+    def complete(self, token: str, parts: Sequence[tuple[int, str]]) -> None: ...
+
+    def abort(self, token: str) -> None: ...
+
+    def resumable_url(self, token: str) -> PresignedUrl: ...
+
+    def put_chunk(self, url: PresignedUrl, body: memoryview, offset: int, total: int | None) -> int | None:
+        """Send one resumable chunk; returns the confirmed byte count, or None once the upload is complete."""
+
+    def query_confirmed(self, url: PresignedUrl) -> int | None:
+        """Ask how many bytes the server has; None if the upload is already complete."""
+
+
+class RangeReader(Protocol):
+    def readinto(self, buf: memoryview) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class DownloadSource(Protocol):
+    @property
+    def path(self) -> str: ...
+
+    def stat(self) -> RemoteVersion:
+        """RemoteNotFoundError when missing."""
+
+    def open_range(self, start: int, length: int, pinned: RemoteVersion) -> RangeReader:
+        """Bytes [start, start+length) of the pinned version; RemoteChangedError if it changed."""
+
+    def invalidate_url(self) -> None:
+        """Forget a cached presigned URL (after UrlExpiredError)."""
+
+
+class UploadCheckpointSink(Protocol):
+    """Where checkpoints go (the Airflow task state store, a local state dir, memory in tests)."""
+
+    def save(self, checkpoint: UploadCheckpoint, changed_parts: frozenset[int]) -> None: ...
+
+    def clear(self) -> None: ...

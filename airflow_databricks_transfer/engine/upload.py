@@ -1,0 +1,600 @@
+"""The upload driver: single-shot, parallel multipart, or GCS-style resumable, resumable across tries.
+
+Memory is ``parallelism`` buffers of ``part_size`` bytes, allocated once and reused: each worker reads
+its part with ``os.preadv`` straight into its buffer and sends it in one call. Finished parts (ETag and,
+with verification, SHA-256) go to a checkpoint sink; given a checkpoint, the driver checks it against
+the source and the server and sends only the missing parts.
+
+Failure policy: a fatal error (source changed, refused, already exists) aborts the remote session and
+clears the checkpoint; a transient failure, an exhausted retry budget or a cancellation keeps both,
+so the next try resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from airflow_databricks_transfer.engine.checkpoint import SourceFingerprint, UploadCheckpoint
+from airflow_databricks_transfer.engine.errors import (
+    AlreadyExistsError,
+    FatalError,
+    MultipartUnavailableError,
+    RetryBudgetExceeded,
+    SessionLostError,
+    SourceChangedError,
+    TransferError,
+    UrlExpiredError,
+)
+from airflow_databricks_transfer.engine.planning import (
+    DEFAULT_MULTIPART_THRESHOLD_BYTES,
+    FILES_API_S3,
+    BackendLimits,
+    UploadPlan,
+    plan_upload,
+)
+from airflow_databricks_transfer.engine.ports import PresignedUrl, UploadCheckpointSink, UploadTarget
+from airflow_databricks_transfer.engine.progress import BandwidthLimiter, ProgressTracker, Subscriber
+from airflow_databricks_transfer.engine.retry import Cancelled, RecoveryBudget, RetryPolicy, call_with_retry
+from airflow_databricks_transfer.engine.saver import CoalescingSaver
+
+log = logging.getLogger(__name__)
+
+MAX_URL_REFRESHES_PER_PART = 3
+
+
+@dataclass(frozen=True)
+class UploadOptions:
+    part_size_bytes: int | None = None
+    parallelism: int = 4
+    multipart_threshold_bytes: int = DEFAULT_MULTIPART_THRESHOLD_BYTES
+    overwrite: bool = True
+    # SHA-256 of every part: stored in the checkpoint so a resume can prove finished parts still match
+    # the source, and reported as an S3-style composite ("<sha256 of part digests>-<parts>").
+    verify_sha256: bool = False
+    bandwidth_limit_bytes_per_s: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # retries across the whole transfer; None means 10 + 2 per part
+    max_total_retries: int | None = None
+    url_batch: int = 16
+    url_refresh_margin_s: float = 300.0
+    limits: BackendLimits = FILES_API_S3
+    progress_interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.parallelism <= 64:
+            raise ValueError("parallelism must be in 1..64")
+        if self.url_batch < 1:
+            raise ValueError("url_batch must be >= 1")
+        if self.bandwidth_limit_bytes_per_s is not None and self.bandwidth_limit_bytes_per_s <= 0:
+            raise ValueError("bandwidth_limit_bytes_per_s must be positive")
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    destination: str
+    source: str
+    mode: Literal["single", "multipart", "resumable"]
+    bytes: int
+    parts: int
+    parts_resumed: int
+    bytes_resumed: int
+    bytes_sent: int
+    retries: int
+    seconds: float
+    sha256_composite: str | None
+    restarted_reason: str | None = None
+
+    @property
+    def mib_per_s(self) -> float:
+        return (self.bytes_sent / (1024 * 1024)) / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination,
+            "source": self.source,
+            "mode": self.mode,
+            "bytes": self.bytes,
+            "parts": self.parts,
+            "parts_resumed": self.parts_resumed,
+            "bytes_resumed": self.bytes_resumed,
+            "bytes_sent": self.bytes_sent,
+            "retries": self.retries,
+            "seconds": round(self.seconds, 3),
+            "mib_per_s": round(self.mib_per_s, 1),
+            "sha256_composite": self.sha256_composite,
+            "restarted_reason": self.restarted_reason,
+        }
+
+
+class _NullSink:
+    def save(self, checkpoint: UploadCheckpoint, changed_parts: frozenset[int]) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+def read_exact(fd: int, buf: memoryview, offset: int) -> None:
+    """Fill ``buf`` from ``fd`` at ``offset``; a short read means the file shrank under us."""
+    done = 0
+    while done < len(buf):
+        n = os.preadv(fd, [buf[done:]], offset + done)
+        if n == 0:
+            raise SourceChangedError(f"source ended early at byte {offset + done}: was it truncated?")
+        done += n
+
+
+class _PartUrls:
+    """Presigned part URLs fetched in batches ahead of use and refreshed before they expire."""
+
+    def __init__(
+        self,
+        target: UploadTarget,
+        token: str,
+        options: UploadOptions,
+        part_count: int,
+        call: Callable[[Callable[[], Any]], Any],
+    ) -> None:
+        self._target, self._token, self._options = target, token, options
+        self._count = part_count
+        self._call = call
+        self._urls: dict[int, PresignedUrl] = {}
+        self._lock = threading.Lock()
+
+    def get(self, n: int) -> PresignedUrl:
+        with self._lock:
+            url = self._urls.get(n)
+            if url is None or url.expires_at - time.time() < self._options.url_refresh_margin_s:
+                count = min(self._options.url_batch, self._count - n + 1)
+                fresh = self._call(lambda: self._target.part_urls(self._token, n, count))
+                self._urls.update(fresh)
+                url = self._urls.get(n)
+                if url is None:
+                    raise SessionLostError(f"the server returned no URL for part {n}")
+            return url
+
+    def invalidate(self, n: int) -> None:
+        with self._lock:
+            self._urls.pop(n, None)
+
+
+class Uploader:
+    """Upload one local file to one ``UploadTarget``. Not reusable: build one per transfer."""
+
+    def __init__(
+        self,
+        target: UploadTarget,
+        source_path: str | os.PathLike[str],
+        options: UploadOptions | None = None,
+        *,
+        sink: UploadCheckpointSink | None = None,
+        subscribers: list[Subscriber] | None = None,
+    ) -> None:
+        self.target = target
+        self.source_path = os.fspath(source_path)
+        self.options = options or UploadOptions()
+        self.sink: UploadCheckpointSink = sink or _NullSink()
+        self.subscribers = subscribers or []
+        self._cancelled = False
+        self._stop = threading.Event()  # per run: set by cancel() or by a failing worker
+        self._retries = 0
+        self._retry_lock = threading.Lock()
+        self._budget: RecoveryBudget | None = None
+
+    def cancel(self) -> None:
+        """Stop the workers within seconds; the checkpoint and the remote session stay for the next try."""
+        self._cancelled = True
+        self._stop.set()
+
+    # ------------------------------------------------------------------ entry point
+    def run(self, checkpoint: UploadCheckpoint | None = None) -> UploadResult:
+        started = time.monotonic()
+        try:
+            fingerprint = SourceFingerprint.of(self.source_path)
+        except FileNotFoundError:
+            raise SourceChangedError(f"source file {self.source_path} does not exist") from None
+        except IsADirectoryError:
+            raise SourceChangedError(f"source {self.source_path} is a directory, not a file") from None
+        if not os.path.isfile(self.source_path):
+            raise SourceChangedError(f"source {self.source_path} is not a regular file")
+        opts = self.options
+        plan = plan_upload(
+            fingerprint.size,
+            opts.limits,
+            part_size=opts.part_size_bytes,
+            multipart_threshold=opts.multipart_threshold_bytes,
+        )
+        restarted: str | None = None
+        if checkpoint is not None:
+            restarted = checkpoint.validate_for(self.target.destination, fingerprint)
+            if restarted is None and checkpoint.protocol == "multipart" and opts.verify_sha256:
+                restarted = self._verify_finished_parts(checkpoint)
+            if restarted is not None:
+                log.warning(
+                    "Not resuming %s: %s. Starting a clean upload.", self.target.destination, restarted
+                )
+                self._abort_quietly(checkpoint.session_token)
+                self.sink.clear()
+                checkpoint = None
+            elif checkpoint.part_size != plan.part_size and plan.mode == "multipart":
+                log.info("Resuming with the checkpoint's part size of %d bytes", checkpoint.part_size)
+        if not opts.overwrite and checkpoint is None and self.target.stat() is not None:
+            raise AlreadyExistsError(f"{self.target.destination} already exists and overwrite is off")
+        if plan.mode == "single" and checkpoint is None:
+            return self._single(fingerprint, started)
+        for _attempt in range(2):
+            if self._cancelled:
+                raise Cancelled("upload cancelled")
+            self._stop = threading.Event()
+            try:
+                return self._multipart(fingerprint, plan, checkpoint, started, restarted)
+            except MultipartUnavailableError as err:
+                if checkpoint is not None or fingerprint.size > opts.limits.max_single_shot_bytes:
+                    raise MultipartUnavailableError(
+                        f"{err}; a single-shot upload is limited to {opts.limits.max_single_shot_bytes} bytes"
+                    ) from err
+                log.warning(
+                    "%s: multipart upload unavailable (%s); sending it in one request",
+                    self.target.destination,
+                    err,
+                )
+                return self._single(fingerprint, started)
+            except SessionLostError as err:
+                # the server forgot the session (expired, aborted): only a clean start can help
+                restarted = f"upload session lost ({err})"
+                log.warning("%s: %s; starting a clean upload", self.target.destination, restarted)
+                self.sink.clear()
+                checkpoint = None
+        raise SessionLostError(f"{self.target.destination}: the upload session was lost twice")
+
+    # ------------------------------------------------------------------ helpers
+    def _count_retry(self, attempt: int, err: TransferError, delay: float) -> None:
+        with self._retry_lock:
+            self._retries += 1
+        log.info("%s: retry %d in %.1f s after %s", self.target.destination, attempt, delay, err)
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        return call_with_retry(
+            fn, self.options.retry, budget=self._budget, cancel=self._stop, on_retry=self._count_retry
+        )
+
+    def _abort_quietly(self, token: str) -> None:
+        try:
+            self.target.abort(token)
+        except TransferError as err:
+            log.info("could not abort the old upload session (it may be gone already): %s", err)
+
+    def _tracker(self, total: int, parts: int) -> ProgressTracker:
+        return ProgressTracker(
+            f"upload {self.target.destination}",
+            total,
+            parts,
+            subscribers=self.subscribers,
+            interval_s=self.options.progress_interval_s,
+        )
+
+    def _verify_finished_parts(self, cp: UploadCheckpoint) -> str | None:
+        """With verification on, re-hash finished parts: a same-mtime rewrite must not slip through."""
+        if not cp.part_sha256:
+            return "the checkpoint has no part digests to verify the source against"
+        buf = memoryview(bytearray(cp.part_size))
+        fd = os.open(self.source_path, os.O_RDONLY)
+        try:
+            for n in sorted(cp.parts):
+                offset = (n - 1) * cp.part_size
+                view = buf[: min(cp.part_size, cp.source.size - offset)]
+                read_exact(fd, view, offset)
+                if hashlib.sha256(view).digest() != cp.part_sha256.get(n):
+                    return f"part {n} of the source no longer matches its checkpointed SHA-256"
+        finally:
+            os.close(fd)
+        return None
+
+    # ------------------------------------------------------------------ single-shot
+    def _single(self, fingerprint: SourceFingerprint, started: float) -> UploadResult:
+        size = fingerprint.size
+        self._budget = RecoveryBudget(self.options.max_total_retries or 10)
+        tracker = self._tracker(size, 1)
+        digest = _sha256_of(self.source_path, size) if self.options.verify_sha256 else None
+        self._call(lambda: self.target.put_single(self.source_path, size, overwrite=self.options.overwrite))
+        fingerprint.ensure_unchanged()
+        tracker.add(size, part_done=True)
+        tracker.finish()
+        composite = f"{hashlib.sha256(digest).hexdigest()}-1" if digest is not None else None
+        return UploadResult(
+            self.target.destination,
+            fingerprint.path,
+            "single",
+            size,
+            1,
+            0,
+            0,
+            size,
+            self._retries,
+            time.monotonic() - started,
+            composite,
+        )
+
+    # ------------------------------------------------------------------ multipart / resumable
+    def _multipart(
+        self,
+        fingerprint: SourceFingerprint,
+        plan: UploadPlan,
+        cp: UploadCheckpoint | None,
+        started: float,
+        restarted: str | None,
+    ) -> UploadResult:
+        opts = self.options
+        if cp is None:
+            session = self._call(lambda: self.target.initiate(overwrite=opts.overwrite))
+            part_size = plan.part_size
+            if session.protocol == "resumable":
+                part_size = max(256 * 1024, part_size // (256 * 1024) * (256 * 1024))
+            part_count = max(1, -(-fingerprint.size // part_size))
+            cp = UploadCheckpoint(
+                self.target.destination,
+                fingerprint,
+                part_size,
+                part_count,
+                session.token,
+                protocol=session.protocol,
+            )
+            self.sink.save(cp, frozenset(range(cp.segment_count)))  # a kill right now can still resume
+        else:
+            log.info(
+                "Resuming upload of %s: %d of %d parts already on the server",
+                self.target.destination,
+                len(cp.parts),
+                cp.part_count,
+            )
+        self._budget = RecoveryBudget(
+            opts.max_total_retries if opts.max_total_retries is not None else 10 + 2 * cp.part_count
+        )
+        saver: CoalescingSaver[UploadCheckpoint] = CoalescingSaver(self.sink.save)
+        try:
+            if cp.protocol == "resumable":
+                return self._resumable(cp, saver, started, restarted)
+            return self._parts(cp, saver, started, restarted)
+        except (Cancelled, RetryBudgetExceeded):
+            raise  # checkpoint and session stay for the next try
+        except SessionLostError:
+            raise
+        except FatalError:
+            self._abort_quietly(cp.session_token)
+            self.sink.clear()
+            raise
+        finally:
+            saver.close()
+
+    def _parts(
+        self,
+        cp: UploadCheckpoint,
+        saver: CoalescingSaver[UploadCheckpoint],
+        started: float,
+        restarted: str | None,
+    ) -> UploadResult:
+        opts = self.options
+        size = cp.source.size
+        resumed_parts = len(cp.parts)
+        resumed_bytes = cp.bytes_done
+        tracker = self._tracker(size, cp.part_count)
+        tracker.resumed(resumed_bytes, resumed_parts)
+        limiter = (
+            BandwidthLimiter(opts.bandwidth_limit_bytes_per_s) if opts.bandwidth_limit_bytes_per_s else None
+        )
+        urls = _PartUrls(self.target, cp.session_token, opts, cp.part_count, self._call)
+        missing = cp.missing_parts()
+        if missing:  # the server is the truth: a dead session fails here, before any byte is sent
+            urls.get(missing[0])
+        state = {"cp": cp}
+        state_lock = threading.Lock()
+        queue: Iterator[int] = iter(missing)
+        queue_lock = threading.Lock()
+        errors: list[BaseException] = []
+        stop = self._stop
+
+        def next_part() -> int | None:
+            with queue_lock:
+                return next(queue, None)
+
+        def send(n: int, view: memoryview) -> str:
+            refreshes = 0
+            while True:
+                try:
+
+                    def attempt() -> str:
+                        if limiter is not None:
+                            limiter.acquire(len(view))
+                        return self.target.put_part(urls.get(n), view)
+
+                    etag: str = self._call(attempt)
+                    return etag
+                except UrlExpiredError as err:
+                    refreshes += 1
+                    if refreshes > MAX_URL_REFRESHES_PER_PART:
+                        raise RetryBudgetExceeded(f"part {n}: URL expired {refreshes} times", err) from err
+                    log.info("%s: part %d URL expired; minting a new one", self.target.destination, n)
+                    urls.invalidate(n)
+
+        def worker() -> None:
+            buf = memoryview(bytearray(cp.part_size))
+            fd = os.open(self.source_path, os.O_RDONLY)
+            try:
+                while not stop.is_set():
+                    n = next_part()
+                    if n is None:
+                        return
+                    offset = (n - 1) * cp.part_size
+                    view = buf[: min(cp.part_size, size - offset)]
+                    read_exact(fd, view, offset)
+                    digest = hashlib.sha256(view).digest() if opts.verify_sha256 else None
+                    etag = send(n, view)
+                    with state_lock:
+                        state["cp"] = state["cp"].with_part(n, etag, digest)
+                        saver.offer(state["cp"], state["cp"].segment_of(n))
+                    tracker.add(len(view), part_done=True)
+            except BaseException as err:  # noqa: BLE001 - reported after the other workers stop
+                with state_lock:
+                    errors.append(err)
+                stop.set()
+            finally:
+                os.close(fd)
+
+        threads = [
+            threading.Thread(target=worker, name=f"upload-part-{i}", daemon=True)
+            for i in range(min(opts.parallelism, max(1, len(missing))))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        final = state["cp"]
+        if errors or stop.is_set():
+            saver.flush(final)
+            raise _most_severe(errors) if errors else Cancelled("upload cancelled")
+        # every part is on the server: make sure they came from one unchanged source, then complete
+        final.source.ensure_unchanged()
+        final = replace(final, phase="completing")
+        saver.flush(final)
+        self._complete(final)
+        tracker.finish()
+        self.sink.clear()
+        return UploadResult(
+            self.target.destination,
+            final.source.path,
+            "multipart",
+            size,
+            final.part_count,
+            resumed_parts,
+            resumed_bytes,
+            size - resumed_bytes,
+            self._retries,
+            time.monotonic() - started,
+            _composite(final),
+            restarted,
+        )
+
+    def _complete(self, cp: UploadCheckpoint) -> None:
+        parts = sorted(cp.parts.items())
+        try:
+            self._call(lambda: self.target.complete(cp.session_token, parts))
+        except SessionLostError:
+            # A complete whose answer was lost, or a resume after one, finds no session: check the target.
+            remote = self.target.stat()
+            if remote is not None and remote.size == cp.source.size:
+                log.info(
+                    "%s: the session is gone but the file is in place with the right size: "
+                    "an earlier complete-upload succeeded",
+                    cp.destination,
+                )
+                return
+            raise
+
+    def _resumable(
+        self,
+        cp: UploadCheckpoint,
+        saver: CoalescingSaver[UploadCheckpoint],
+        started: float,
+        restarted: str | None,
+    ) -> UploadResult:
+        """GCS-style: sequential chunks with Content-Range; after any doubt, ask the server how far it got."""
+        size = cp.source.size
+        url = self._call(lambda: self.target.resumable_url(cp.session_token))
+        resumed = cp.confirmed_bytes
+        if resumed:
+            confirmed = self._call(lambda: self.target.query_confirmed(url))
+            resumed = size if confirmed is None else confirmed
+        tracker = self._tracker(size, cp.part_count)
+        tracker.resumed(resumed)
+        offset = resumed
+        buf = memoryview(bytearray(cp.part_size))
+        fd = os.open(self.source_path, os.O_RDONLY)
+        try:
+            while offset < size:
+                if self._stop.is_set():
+                    raise Cancelled("upload cancelled")
+                view = buf[: min(cp.part_size, size - offset)]
+                read_exact(fd, view, offset)
+                last = offset + len(view) == size
+                start = offset
+
+                def attempt(v: memoryview = view, s: int = start, is_last: bool = last) -> int | None:
+                    return self.target.put_chunk(url, v, s, size if is_last else None)
+
+                confirmed = self._chunk_with_recovery(attempt, url)
+                new_offset = size if confirmed is None else confirmed
+                tracker.add(new_offset - offset, part_done=True)
+                offset = new_offset
+                cp = replace(cp, confirmed_bytes=offset)
+                saver.offer(cp)
+        finally:
+            os.close(fd)
+        cp.source.ensure_unchanged()
+        tracker.finish()
+        self.sink.clear()
+        return UploadResult(
+            self.target.destination,
+            cp.source.path,
+            "resumable",
+            size,
+            cp.part_count,
+            0,
+            resumed,
+            size - resumed,
+            self._retries,
+            time.monotonic() - started,
+            None,
+            restarted,
+        )
+
+    def _chunk_with_recovery(self, send: Callable[[], int | None], url: PresignedUrl) -> int | None:
+        try:
+            return send()
+        except (Cancelled, FatalError, SessionLostError):
+            raise
+        except TransferError as err:
+            # the chunk may have partly landed: the server's confirmed offset decides where to go on
+            self._count_retry(1, err, 0)
+            if self._budget is not None:
+                self._budget.spend(err)
+            confirmed: int | None = self._call(lambda: self.target.query_confirmed(url))
+            return confirmed
+
+
+def _sha256_of(path: str, size: int) -> bytes:
+    h = hashlib.sha256()
+    buf = memoryview(bytearray(min(max(size, 1), 8 * 1024 * 1024)))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        offset = 0
+        while offset < size:
+            view = buf[: min(len(buf), size - offset)]
+            read_exact(fd, view, offset)
+            h.update(view)
+            offset += len(view)
+    finally:
+        os.close(fd)
+    return h.digest()
+
+
+def _composite(cp: UploadCheckpoint) -> str | None:
+    if not cp.part_sha256 or len(cp.part_sha256) != cp.part_count:
+        return None
+    joined = b"".join(cp.part_sha256[n] for n in range(1, cp.part_count + 1))
+    return f"{hashlib.sha256(joined).hexdigest()}-{cp.part_count}"
+
+
+def _most_severe(errors: list[BaseException]) -> BaseException:
+    """Report the error that decides the outcome: fatal beats session loss beats transient/cancel."""
+    for kind in (FatalError, SessionLostError, RetryBudgetExceeded, TransferError):
+        for err in errors:
+            if isinstance(err, kind) and not isinstance(err, Cancelled):
+                return err
+    return errors[0]
