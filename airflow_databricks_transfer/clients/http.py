@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import select
 import socket
 import threading
 from collections.abc import Mapping
@@ -77,6 +78,9 @@ class HttpPool:
     def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         conns = self._conns()
         conn = conns.get((scheme, netloc))
+        if conn is not None and conn.sock is not None and _peer_closed(conn.sock):
+            self.discard(conn)  # the server closed it while idle: never send a request into it
+            conn = None
         if conn is None:
             cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
             conn = cls(netloc, timeout=self.timeout_s)
@@ -107,36 +111,25 @@ class HttpPool:
         parts = urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         length = len(body) if body is not None else (body_file[1] if body_file else 0)
-        for attempt in (1, 2):
-            conn = self._connection(parts.scheme, parts.netloc)
-            reused = conn.sock is not None
-            try:
-                conn.putrequest(method, target, skip_accept_encoding=True)
-                conn.putheader("User-Agent", USER_AGENT)
-                for k, v in (headers or {}).items():
-                    conn.putheader(k, v)
-                if method in ("PUT", "POST", "PATCH") or length:
-                    conn.putheader("Content-Length", str(length))
-                conn.endheaders()
-                assert conn.sock is not None
-                sent_ok = self._send_body(conn.sock, body, body_file)
-                resp = conn.getresponse()
-            except _NETWORK_ERRORS as err:
-                self.discard(conn)
-                # a kept-alive connection the server closed while idle: one fresh try is safe
-                if (
-                    attempt == 1
-                    and reused
-                    and isinstance(
-                        err, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
-                    )
-                ):
-                    continue
-                raise ConnectionLostError(f"{method} {parts.netloc}{parts.path}: {err}") from err
-            if not sent_ok:
-                self.discard(conn)  # the server answered before taking the whole body
-            return Response(resp.status, resp.headers, resp, conn, self)
-        raise AssertionError("unreachable")
+        conn = self._connection(parts.scheme, parts.netloc)
+        try:
+            conn.putrequest(method, target, skip_accept_encoding=True)
+            conn.putheader("User-Agent", USER_AGENT)
+            for k, v in (headers or {}).items():
+                conn.putheader(k, v)
+            if method in ("PUT", "POST", "PATCH") or length:
+                conn.putheader("Content-Length", str(length))
+            conn.endheaders()
+            assert conn.sock is not None
+            sent_ok = self._send_body(conn.sock, body, body_file)
+            resp = conn.getresponse()
+        except _NETWORK_ERRORS as err:
+            # no blind re-send: the caller decides (a resumable upload must first ask how far it got)
+            self.discard(conn)
+            raise ConnectionLostError(f"{method} {parts.netloc}{parts.path}: {err}") from err
+        if not sent_ok:
+            self.discard(conn)  # the server answered before taking the whole body
+        return Response(resp.status, resp.headers, resp, conn, self)
 
     @staticmethod
     def _send_body(
@@ -154,3 +147,12 @@ class HttpPool:
         except (BrokenPipeError, ConnectionResetError):
             return False
         return True
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """An idle keep-alive socket that is readable has been closed (or sent junk) by the server."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)

@@ -200,8 +200,6 @@ class Uploader:
             fingerprint = SourceFingerprint.of(self.source_path)
         except FileNotFoundError:
             raise SourceChangedError(f"source file {self.source_path} does not exist") from None
-        except IsADirectoryError:
-            raise SourceChangedError(f"source {self.source_path} is a directory, not a file") from None
         if not os.path.isfile(self.source_path):
             raise SourceChangedError(f"source {self.source_path} is not a regular file")
         opts = self.options

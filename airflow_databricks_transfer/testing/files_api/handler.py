@@ -11,6 +11,7 @@ import email.utils
 import fcntl
 import io
 import json
+import math
 import os
 import re
 import select
@@ -112,7 +113,8 @@ def _parse_expire_time(value: Any, max_ttl_s: float) -> int:
         raise bad_request(f"expire_time is not an RFC 3339 timestamp: {value!r}") from None
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=timezone.utc)
-    return int(min(ts.timestamp(), now + max_ttl_s))
+    # signatures carry whole seconds: round the cap up so a short lifetime is never born expired
+    return math.ceil(min(ts.timestamp(), now + max_ttl_s))
 
 
 class FilesApiHandler(BaseHTTPRequestHandler):

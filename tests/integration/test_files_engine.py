@@ -1,0 +1,596 @@
+"""The transfer engine and Files API client against the emulator, with fault plans.
+
+Every case ends byte-identical (SHA-256 against the emulator's disk or the source) or with a clear error
+of the engine's tree; what was re-sent is read from the emulator's per-part byte counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.core import Config
+
+from airflow_databricks_transfer.clients.files_api import FilesApiClient
+from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
+from airflow_databricks_transfer.engine.download import Downloader, DownloadOptions, temp_path_for
+from airflow_databricks_transfer.engine.errors import (
+    AlreadyExistsError,
+    AuthError,
+    FatalError,
+    InsufficientSpaceError,
+    InvalidRequestError,
+    RemoteNotFoundError,
+    SourceChangedError,
+)
+from airflow_databricks_transfer.engine.localstate import FileCheckpointSink
+from airflow_databricks_transfer.engine.retry import Cancelled, RetryPolicy
+from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions
+from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
+from tests.integration.conftest import REPO, MiB, make_file, sha256_file
+
+pytestmark = pytest.mark.integration
+
+VOL = "/Volumes/main/default/landing"
+FAST_RETRY = RetryPolicy(base_delay_s=0.05, max_delay_s=0.2, max_retry_after_s=2)
+
+
+class MemorySink:
+    """Keeps checkpoints in memory; ``on_save`` lets a test act at a precise point of the transfer."""
+
+    def __init__(self, on_save: Callable[[Any], None] | None = None) -> None:
+        self.latest: Any = None
+        self.saves = 0
+        self.cleared = 0
+        self.on_save = on_save
+
+    def save(self, checkpoint: Any, changed_parts: frozenset[int]) -> None:
+        self.latest = checkpoint
+        self.saves += 1
+        if self.on_save is not None:
+            self.on_save(checkpoint)
+
+    def clear(self) -> None:
+        self.latest = None
+        self.cleared += 1
+
+
+def workspace(emu: FilesApiEmulator, token: str | None = None) -> WorkspaceClient:
+    return WorkspaceClient(config=Config(host=emu.url, token=token or emu.token, retry_timeout_seconds=5))
+
+
+@pytest.fixture
+def client(files_api_emulator: FilesApiEmulator) -> Iterator[FilesApiClient]:
+    c = FilesApiClient(workspace(files_api_emulator))
+    yield c
+    c.http.close()
+
+
+def up_opts(**kw: Any) -> UploadOptions:
+    defaults: dict[str, Any] = {
+        "part_size_bytes": 5 * MiB,
+        "parallelism": 3,
+        "multipart_threshold_bytes": 1,
+        "retry": FAST_RETRY,
+    }
+    return UploadOptions(**{**defaults, **kw})
+
+
+def down_opts(**kw: Any) -> DownloadOptions:
+    defaults: dict[str, Any] = {
+        "chunk_size_bytes": 2 * MiB,
+        "buffer_size_bytes": 256 * 1024,
+        "parallelism": 3,
+        "retry": FAST_RETRY,
+    }
+    return DownloadOptions(**{**defaults, **kw})
+
+
+# ---------------------------------------------------------------- happy paths
+
+
+@pytest.mark.parametrize("size", [0, 1, 5 * MiB, 23 * MiB + 7])
+def test_upload_is_byte_identical(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path, size: int
+) -> None:
+    src = make_file(tmp_path / "src", size, seed=size)
+    dest = f"{VOL}/up/{size}.bin"
+    result = Uploader(client.upload_target(dest), src, up_opts(verify_sha256=True)).run()
+    assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
+    assert result.bytes == size and result.bytes_sent == size and result.parts_resumed == 0
+    expected_parts = max(1, -(-size // (5 * MiB)))
+    assert result.parts == expected_parts
+    assert result.sha256_composite is not None and result.sha256_composite.endswith(f"-{expected_parts}")
+    if size == 0:
+        assert result.mode == "single"  # empty data always goes in one request
+    else:
+        assert sum(files_api_emulator.part_bytes(dest).values()) == size  # every byte sent once
+
+
+def test_small_files_go_in_one_request(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    src = make_file(tmp_path / "src", 3 * MiB)
+    result = Uploader(client.upload_target(f"{VOL}/small.bin"), src, UploadOptions()).run()
+    assert result.mode == "single"
+    assert [r.route for r in files_api_emulator.requests() if r.route.startswith("files.")] == ["files.put"]
+
+
+@pytest.mark.parametrize(("offset", "length"), [(0, None), (3 * MiB + 5, None), (100, 5 * MiB), (0, 0)])
+def test_download_is_byte_identical(
+    client: FilesApiClient,
+    files_api_emulator: FilesApiEmulator,
+    tmp_path: Path,
+    offset: int,
+    length: int | None,
+) -> None:
+    path = f"{VOL}/down.bin"
+    files_api_emulator.seed(files=[{"path": path, "size": 9 * MiB + 11, "seed": 3}])
+    out = tmp_path / "out.bin"
+    result = Downloader(client.download_source(path), out, down_opts(offset=offset, length=length)).run()
+    data = files_api_emulator.local_path(path).read_bytes()
+    want = data[offset : None if length is None else offset + length]
+    assert out.read_bytes() == want
+    assert result.bytes == len(want)
+    assert not Path(temp_path_for(str(out))).exists()
+
+
+def test_download_without_presigned_urls_reads_the_files_api(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    path = f"{VOL}/direct.bin"
+    files_api_emulator.seed(files=[{"path": path, "size": 7 * MiB, "seed": 4}])
+    files_api_emulator.update_settings(presigned_enabled=False)
+    out = tmp_path / "out.bin"
+    Downloader(client.download_source(path), out, down_opts()).run()
+    assert sha256_file(out) == sha256_file(files_api_emulator.local_path(path))
+    assert files_api_emulator.requests("files.get") and not files_api_emulator.requests("presigned.download")
+
+
+def test_upload_falls_back_to_single_shot_without_presigned_urls(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    files_api_emulator.update_settings(presigned_enabled=False)
+    src = make_file(tmp_path / "src", 12 * MiB)
+    result = Uploader(client.upload_target(f"{VOL}/fallback.bin"), src, up_opts()).run()
+    assert result.mode == "single"
+    assert sha256_file(files_api_emulator.local_path(f"{VOL}/fallback.bin")) == sha256_file(src)
+
+
+def test_gcp_resumable_protocol_with_a_cut_chunk(tmp_path: Path) -> None:
+    with FilesApiEmulator(
+        tmp_path / "root", volumes=["main.default.landing"], upload_protocol="resumable", cloud="GCP"
+    ) as emu:
+        client = FilesApiClient(workspace(emu))
+        src = make_file(tmp_path / "src", 13 * MiB + 1, seed=5)
+        emu.add_fault(route="presigned.resumable", nth=2, cut_after_bytes=MiB)
+        result = Uploader(client.upload_target(f"{VOL}/gcp.bin"), src, up_opts(parallelism=1)).run()
+        assert result.mode == "resumable"
+        assert sha256_file(emu.local_path(f"{VOL}/gcp.bin")) == sha256_file(src)
+        # after the cut the client asked the server how far it got (Content-Range: bytes */*)
+        assert any(r.range == "bytes */*" for r in emu.requests("presigned.resumable"))
+
+
+# ---------------------------------------------------------------- upload faults
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"cut_after_bytes": 2 * MiB},
+        {"status": 500},
+        {"status": 503, "retry_after_s": 1},
+        {"status": 429, "retry_after_s": 1},
+        {"status": 500, "phase": "after"},  # stored, but the client never heard it
+    ],
+    ids=["cut-mid-part", "500", "503-retry-after", "429-retry-after", "500-after-store"],
+)
+def test_part_faults_are_retried(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path, fault: dict[str, Any]
+) -> None:
+    src = make_file(tmp_path / "src", 16 * MiB, seed=6)
+    dest = f"{VOL}/faulty.bin"
+    files_api_emulator.add_fault(route="presigned.part", part_number=2, **fault)
+    result = Uploader(client.upload_target(dest), src, up_opts()).run()
+    assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
+    assert result.retries == 1
+    sent = files_api_emulator.part_bytes(dest)
+    assert sent[1] == 5 * MiB and sent[3] == 5 * MiB  # only part 2 was sent again
+    assert 5 * MiB <= sent[2] <= 10 * MiB  # (a refused body is not read, so not counted)
+    tries = [r.part_number or 0 for r in files_api_emulator.requests("presigned.part")]
+    assert sorted(tries) == [1, 2, 2, 3, 4]
+
+
+def test_expired_part_urls_are_refreshed(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    src = make_file(tmp_path / "src", 16 * MiB, seed=7)
+    dest = f"{VOL}/expired.bin"
+    files_api_emulator.add_fault(route="presigned.part", part_number=3, expire=True, times=2)
+    Uploader(client.upload_target(dest), src, up_opts()).run()
+    assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
+    part3 = [r.status for r in files_api_emulator.requests("presigned.part") if r.part_number == 3]
+    assert part3 == [403, 403, 200]
+    # only the expired part's URL was minted again, starting at that part
+    url_calls = files_api_emulator.requests("fs.create_upload_part_urls")
+    assert len(url_calls) == 3
+
+
+def test_part_urls_expiring_on_the_server_clock_are_refreshed(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    files_api_emulator.update_settings(max_url_ttl_s=1)  # the server caps URL lifetimes (1-2 s)
+    src = make_file(tmp_path / "src", 11 * MiB, seed=8)
+    dest = f"{VOL}/short-urls.bin"
+    # ~1.7 s per part: URLs fetched in one batch up front are stale by the third part
+    opts = up_opts(parallelism=1, url_batch=10, bandwidth_limit_bytes_per_s=3 * MiB)
+    Uploader(client.upload_target(dest), src, opts).run()
+    assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
+    assert 403 in [r.status for r in files_api_emulator.requests("presigned.part")]
+
+
+def test_session_lost_mid_upload_restarts_clean(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    src = make_file(tmp_path / "src", 16 * MiB, seed=9)
+    dest = f"{VOL}/lost.bin"
+    store = files_api_emulator.server.store
+    fired = threading.Event()
+
+    def expire_session(cp: UploadCheckpoint) -> None:
+        if len(cp.parts) == 1 and not fired.is_set():
+            fired.set()
+            store.abort(cp.session_token)  # the server forgets the session (expiry, admin abort)
+
+    sink = MemorySink(expire_session)
+    result = Uploader(client.upload_target(dest), src, up_opts(parallelism=1), sink=sink).run()
+    assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
+    assert result.restarted_reason is not None and "session lost" in result.restarted_reason
+    assert len(files_api_emulator.requests("files.initiate_upload")) == 2
+
+
+def test_a_lost_complete_answer_is_recognised(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    """complete-upload succeeds on the server but the answer is lost: the retry must not fail the upload."""
+    src = make_file(tmp_path / "src", 11 * MiB, seed=10)
+    dest = f"{VOL}/complete.bin"
+    files_api_emulator.add_fault(route="files.complete_upload", cut_after_bytes=0, phase="after")
+    result = Uploader(client.upload_target(dest), src, up_opts()).run()
+    assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
+    assert next(r.dropped for r in files_api_emulator.requests("files.complete_upload")) is True
+    assert result.bytes == 11 * MiB
+
+
+def test_source_changed_during_upload_aborts(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    src = make_file(tmp_path / "src", 16 * MiB, seed=11)
+
+    def touch_source(cp: UploadCheckpoint) -> None:
+        if len(cp.parts) == 2:
+            with open(src, "r+b") as f:
+                f.write(b"changed")
+
+    sink = MemorySink(touch_source)
+    with pytest.raises(SourceChangedError, match="modification time changed during the transfer"):
+        Uploader(client.upload_target(f"{VOL}/moving.bin"), src, up_opts(parallelism=1), sink=sink).run()
+    assert files_api_emulator.sessions() == []  # a fatal error aborts the remote session
+    assert sink.latest is None and sink.cleared >= 1
+    assert not files_api_emulator.local_path(f"{VOL}/moving.bin").exists()
+
+
+# ---------------------------------------------------------------- resume
+
+
+def _cancel_at_half(uploader: Uploader, total_parts: int) -> Callable[[UploadCheckpoint], None]:
+    def on_save(cp: UploadCheckpoint) -> None:
+        if len(cp.parts) >= total_parts // 2:
+            uploader.cancel()
+
+    return on_save
+
+
+def test_cancelled_upload_resumes_from_its_checkpoint(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    src = make_file(tmp_path / "src", 40 * MiB + 3, seed=12)
+    dest = f"{VOL}/resume.bin"
+    sink = MemorySink()
+    first = Uploader(client.upload_target(dest), src, up_opts(), sink=sink)
+    sink.on_save = _cancel_at_half(first, 9)
+    with pytest.raises(Cancelled):
+        first.run()
+    cp = sink.latest
+    assert isinstance(cp, UploadCheckpoint) and 4 <= len(cp.parts) < 9
+    assert len(files_api_emulator.sessions()) == 1  # a cancel keeps the session for the next try
+    before = dict(files_api_emulator.part_bytes(dest))
+    sink.on_save = None
+    result = Uploader(client.upload_target(dest), src, up_opts(), sink=sink).run(cp)
+    assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
+    assert result.parts_resumed == len(cp.parts)
+    after = files_api_emulator.part_bytes(dest)
+    assert all(after[n] == before[n] for n in cp.parts), "finished parts must not be sent again"
+    assert sink.latest is None  # cleared on success
+
+
+def test_resume_with_a_changed_source_starts_clean(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    src = make_file(tmp_path / "src", 20 * MiB, seed=13)
+    dest = f"{VOL}/changed.bin"
+    sink = MemorySink()
+    first = Uploader(client.upload_target(dest), src, up_opts(parallelism=1), sink=sink)
+    sink.on_save = _cancel_at_half(first, 4)
+    with pytest.raises(Cancelled):
+        first.run()
+    old = sink.latest
+    make_file(src, 20 * MiB, seed=14)  # rewritten between tries
+    sink.on_save = None
+    result = Uploader(client.upload_target(dest), src, up_opts(), sink=sink).run(old)
+    assert result.restarted_reason is not None and "changed" in result.restarted_reason
+    assert result.parts_resumed == 0
+    assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
+    assert files_api_emulator.sessions() == []  # the stale session was aborted, not leaked
+
+
+def test_resume_after_same_mtime_rewrite_is_caught_by_part_digests(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    src = make_file(tmp_path / "src", 20 * MiB, seed=15)
+    dest = f"{VOL}/sneaky.bin"
+    sink = MemorySink()
+    first = Uploader(client.upload_target(dest), src, up_opts(parallelism=1, verify_sha256=True), sink=sink)
+    sink.on_save = _cancel_at_half(first, 4)
+    with pytest.raises(Cancelled):
+        first.run()
+    st = src.stat()
+    with open(src, "r+b") as f:  # same size, same mtime, different bytes in part 1
+        f.write(b"\xff" * 10)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    sink.on_save = None
+    result = Uploader(client.upload_target(dest), src, up_opts(verify_sha256=True), sink=sink).run(
+        sink.latest
+    )
+    assert result.restarted_reason is not None and "SHA-256" in result.restarted_reason
+    assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
+
+
+def test_resume_after_the_session_expired_starts_clean(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    src = make_file(tmp_path / "src", 20 * MiB, seed=16)
+    dest = f"{VOL}/expired-session.bin"
+    sink = MemorySink()
+    first = Uploader(client.upload_target(dest), src, up_opts(parallelism=1), sink=sink)
+    sink.on_save = _cancel_at_half(first, 4)
+    with pytest.raises(Cancelled):
+        first.run()
+    files_api_emulator.server.store.abort(sink.latest.session_token)
+    sink.on_save = None
+    result = Uploader(client.upload_target(dest), src, up_opts(), sink=sink).run(sink.latest)
+    assert result.restarted_reason is not None and "session lost" in result.restarted_reason
+    assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_sending_only_missing_parts(
+    files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    """SIGKILL an uploading process at about half; a second run from its last checkpoint finishes."""
+    emu = files_api_emulator
+    part, parallelism = 5 * MiB, 3
+    src = make_file(tmp_path / "src", 30 * part + 123, seed=17)
+    dest = f"{VOL}/killed.bin"
+    ckpt = tmp_path / "upload.ckpt.json"
+    args = [
+        sys.executable,
+        str(Path(__file__).with_name("engine_driver.py")),
+        emu.url,
+        emu.token,
+        str(src),
+        dest,
+        str(ckpt),
+        str(part),
+        str(parallelism),
+        str(40 * MiB),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sink = FileCheckpointSink(ckpt, UploadCheckpoint)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            cp = sink.load()
+            if cp is not None and len(cp.parts) >= 15:
+                break
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    killed_at = sink.load()
+    assert killed_at is not None and 15 <= len(killed_at.parts) < 31
+    sent_before = dict(emu.part_bytes(dest))
+    second = subprocess.run(
+        [*args[:-1], "0"], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    result = json.loads(second.stdout)
+    assert sha256_file(emu.local_path(dest)) == sha256_file(src)
+    assert result["parts_resumed"] == len(killed_at.parts)
+    sent_after = emu.part_bytes(dest)
+    resent = sum(sent_after[n] - sent_before.get(n, 0) for n in killed_at.parts)
+    assert resent == 0, "parts in the checkpoint were sent again"
+    # parts finished after the last checkpoint write, or in flight at the kill, may go twice
+    total_resent = sum(sent_after.values()) - src.stat().st_size
+    assert total_resent <= parallelism * part + part
+    assert not ckpt.exists()
+
+
+# ---------------------------------------------------------------- download faults and resume
+
+
+def test_download_survives_cuts_and_throttling(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    path = f"{VOL}/flaky.bin"
+    files_api_emulator.seed(files=[{"path": path, "size": 10 * MiB, "seed": 18}])
+    files_api_emulator.add_fault(route="presigned.download", nth=2, cut_after_bytes=300_000)
+    files_api_emulator.add_fault(route="presigned.download", nth=4, status=503, retry_after_s=1)
+    out = tmp_path / "out.bin"
+    result = Downloader(client.download_source(path), out, down_opts()).run()
+    assert sha256_file(out) == sha256_file(files_api_emulator.local_path(path)) == result.sha256
+    assert result.retries == 2
+    # the cut range continued from where it broke instead of starting over
+    cut = next(r for r in files_api_emulator.requests("presigned.download") if r.dropped)
+    assert cut.bytes_out == 300_000
+    assert sum(r.bytes_out for r in files_api_emulator.requests("presigned.download")) <= 10 * MiB + 300_000
+
+
+def test_download_url_expiry_is_refreshed(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    path = f"{VOL}/expiry.bin"
+    files_api_emulator.seed(files=[{"path": path, "size": 5 * MiB, "seed": 19}])
+    files_api_emulator.add_fault(route="presigned.download", nth=2, expire=True)
+    out = tmp_path / "out.bin"
+    Downloader(client.download_source(path), out, down_opts()).run()
+    assert sha256_file(out) == sha256_file(files_api_emulator.local_path(path))
+    assert len(files_api_emulator.requests("fs.create_download_url")) == 2
+
+
+def test_remote_change_mid_download_restarts_and_never_splices(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    path = f"{VOL}/moving.bin"
+    emu = files_api_emulator
+    emu.seed(files=[{"path": path, "size": 10 * MiB, "seed": 20}])
+    replaced = threading.Event()
+
+    def replace_remote(cp: DownloadCheckpoint) -> None:
+        if cp.done_chunks and not replaced.is_set():
+            replaced.set()
+            emu.seed(files=[{"path": path, "size": 10 * MiB, "seed": 21}])  # a new version, same size
+
+    out = tmp_path / "out.bin"
+    sink = MemorySink(replace_remote)
+    result = Downloader(client.download_source(path), out, down_opts(parallelism=1), sink=sink).run()
+    assert result.restarted_reason is not None and "changed" in result.restarted_reason
+    assert sha256_file(out) == sha256_file(emu.local_path(path))  # all of the new version
+
+
+def test_download_resumes_from_its_checkpoint(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    path = f"{VOL}/resume-down.bin"
+    emu = files_api_emulator
+    emu.seed(files=[{"path": path, "size": 12 * MiB + 1, "seed": 22}])
+    out = tmp_path / "out.bin"
+    sink = MemorySink()
+    first = Downloader(client.download_source(path), out, down_opts(parallelism=1), sink=sink)
+
+    def stop_at_half(cp: DownloadCheckpoint) -> None:
+        if len(cp.done_chunks) >= 3:
+            first.cancel()
+
+    sink.on_save = stop_at_half
+    with pytest.raises(Cancelled):
+        first.run()
+    cp = sink.latest
+    assert isinstance(cp, DownloadCheckpoint) and len(cp.done_chunks) >= 3
+    assert not out.exists() and Path(cp.temp_path).exists()  # nothing half-written in place
+
+    def served() -> int:
+        return sum(r.bytes_out for r in emu.requests("presigned.download"))
+
+    served_before = served()
+    sink.on_save = None
+    result = Downloader(client.download_source(path), out, down_opts(), sink=sink).run(
+        DownloadCheckpoint.from_json(cp.to_json())
+    )
+    assert sha256_file(out) == sha256_file(emu.local_path(path))
+    assert result.chunks_resumed == len(cp.done_chunks)
+    assert served() - served_before == 12 * MiB + 1 - cp.bytes_done  # only the missing chunks were fetched
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB filesystem, to run out of space for real (needs root, as in CI)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a 4 MiB tmpfs to fill it needs root (CI runs as root)")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_is_a_clear_error_and_resumable(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tiny_disk: Path
+) -> None:
+    path = f"{VOL}/big-for-disk.bin"
+    files_api_emulator.seed(files=[{"path": path, "size": 6 * MiB, "seed": 23}])
+    out = tiny_disk / "out.bin"
+    sink = MemorySink()
+    with pytest.raises(InsufficientSpaceError, match="no space left") as info:
+        Downloader(client.download_source(path), out, down_opts(), sink=sink).run()
+    assert "free" in str(info.value) and "needed" in str(info.value)
+    assert not out.exists() and not Path(temp_path_for(str(out))).exists()
+    subprocess.run(["mount", "-o", "remount,size=16m", str(tiny_disk)], check=True)
+    Downloader(client.download_source(path), out, down_opts(), sink=sink).run(sink.latest)
+    assert sha256_file(out) == sha256_file(files_api_emulator.local_path(path))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_input_gets_clear_errors(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    src = make_file(tmp_path / "src", 10)
+    with pytest.raises(SourceChangedError, match="does not exist"):
+        Uploader(client.upload_target(f"{VOL}/x"), tmp_path / "missing", up_opts()).run()
+    with pytest.raises(SourceChangedError, match="not a regular file"):
+        Uploader(client.upload_target(f"{VOL}/x"), tmp_path, up_opts()).run()
+    with pytest.raises(InvalidRequestError, match="absolute"):
+        client.upload_target("Volumes/relative")
+    with pytest.raises(InvalidRequestError, match="Volumes/<catalog>"):
+        Uploader(client.upload_target("/tmp/outside"), src, up_opts()).run()
+    with pytest.raises(RemoteNotFoundError, match="does not exist"):
+        Uploader(client.upload_target("/Volumes/main/default/nope/x"), src, up_opts()).run()
+    with pytest.raises(RemoteNotFoundError):
+        Downloader(client.download_source(f"{VOL}/missing"), tmp_path / "o", down_opts()).run()
+    with pytest.raises(FatalError, match="folder"):
+        files_api_emulator.seed(files=[{"path": f"{VOL}/here", "size": 3}])
+        Downloader(client.download_source(f"{VOL}/here"), tmp_path / "no" / "dir" / "o", down_opts()).run()
+    bad = FilesApiClient(workspace(files_api_emulator, token="wrong-token"))
+    with pytest.raises(AuthError):
+        Uploader(bad.upload_target(f"{VOL}/x"), src, up_opts()).run()
+
+
+def test_overwrite_off_refuses_before_sending(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    dest = f"{VOL}/exists.bin"
+    files_api_emulator.seed(files=[{"path": dest, "size": 3}])
+    src = make_file(tmp_path / "src", 12 * MiB)
+    with pytest.raises(AlreadyExistsError):
+        Uploader(client.upload_target(dest), src, up_opts(overwrite=False)).run()
+    assert files_api_emulator.requests("presigned.part") == []
+    local = tmp_path / "local"
+    local.write_bytes(b"keep me")
+    with pytest.raises(AlreadyExistsError):
+        Downloader(client.download_source(dest), local, down_opts(overwrite=False)).run()
+    assert local.read_bytes() == b"keep me"
