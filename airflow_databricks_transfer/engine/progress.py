@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 MiB = 1024 * 1024
 
@@ -157,7 +158,13 @@ class ProgressTracker:
             subscriber(event)
 
 
-def log_progress(logger: logging.Logger) -> Subscriber:
+class InfoLogger(Protocol):
+    """Anything with ``info(msg, *args)``: a stdlib logger or Airflow's structured task logger."""
+
+    def info(self, msg: str, /, *args: Any) -> Any: ...
+
+
+def log_progress(logger: InfoLogger | logging.Logger) -> Subscriber:
     """A subscriber that writes one line per event at INFO."""
 
     def emit(event: ProgressEvent) -> None:

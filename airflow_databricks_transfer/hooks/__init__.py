@@ -1,0 +1,1 @@
+"""Airflow hooks: a connection in, a configured client out."""

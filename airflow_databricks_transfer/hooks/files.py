@@ -1,0 +1,233 @@
+"""DatabricksFilesHook: an Airflow ``databricks`` connection -> a Files API client and the transfer engine.
+
+Thin on purpose: it builds a databricks-sdk ``WorkspaceClient`` from the connection (every auth method
+the official Databricks provider documents for that connection type) and hands the engine a client.
+It does not need the official Databricks provider to be installed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseHook
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.core import Config
+
+from airflow_databricks_transfer.clients.files_api import FileInfo, FilesApiClient
+from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
+from airflow_databricks_transfer.engine.download import (
+    DownloadCheckpointSink,
+    Downloader,
+    DownloadOptions,
+    DownloadResult,
+)
+from airflow_databricks_transfer.engine.errors import RemoteNotFoundError
+from airflow_databricks_transfer.engine.ports import UploadCheckpointSink
+from airflow_databricks_transfer.engine.progress import Subscriber, log_progress
+from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions, UploadResult
+
+_TRUE = ("true", "1", "yes", "on")
+
+
+def _flag(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() in _TRUE)
+
+
+def config_kwargs(
+    host: str | None, login: str | None, password: str | None, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """databricks-sdk Config arguments for a ``databricks`` connection (pure, so it is unit-tested)."""
+    host = extra.get("host") or host
+    if not host:
+        raise ValueError(
+            "the Databricks connection has no host (set Host, e.g. https://adb-123.azuredatabricks.net)"
+        )
+    if "://" not in host:
+        host = f"https://{host}"
+    kwargs: dict[str, Any] = {"host": host.rstrip("/")}
+    for key in ("retry_timeout_seconds", "http_timeout_seconds"):
+        if extra.get(key) is not None:
+            kwargs[key] = int(extra[key])
+    if extra.get("token"):
+        kwargs.update(token=extra["token"], auth_type="pat")
+    elif _flag(extra.get("service_principal_oauth")):
+        if not (login and password):
+            raise ValueError(
+                "service_principal_oauth needs the client ID in Login and the secret in Password"
+            )
+        kwargs.update(client_id=login, client_secret=password, auth_type="oauth-m2m")
+    elif _flag(extra.get("use_azure_managed_identity")):
+        kwargs.update(auth_type="azure-msi", azure_use_msi=True)
+        if login:
+            kwargs["azure_client_id"] = login
+        if extra.get("azure_resource_id"):
+            kwargs["azure_workspace_resource_id"] = extra["azure_resource_id"]
+    elif extra.get("azure_tenant_id"):
+        kwargs.update(
+            azure_client_id=login,
+            azure_client_secret=password,
+            azure_tenant_id=extra["azure_tenant_id"],
+            auth_type="azure-client-secret",
+        )
+        if extra.get("azure_resource_id"):
+            kwargs["azure_workspace_resource_id"] = extra["azure_resource_id"]
+    elif password and (not login or login == "token"):
+        kwargs.update(token=password, auth_type="pat")
+    elif login and password:
+        kwargs.update(username=login, password=password, auth_type="basic")
+    else:
+        raise ValueError(
+            "the Databricks connection has no credentials: put a personal access token in Password (or extra "
+            '"token"), or set "service_principal_oauth": true with the client ID/secret in Login/Password'
+        )
+    return kwargs
+
+
+class DatabricksFilesHook(BaseHook):
+    """Files API (Unity Catalog Volumes) transfers over a ``databricks`` connection.
+
+    :param databricks_conn_id: the Airflow connection (type ``databricks``).
+    """
+
+    conn_name_attr = "databricks_conn_id"
+    default_conn_name = "databricks_default"
+    conn_type = "databricks"
+    hook_name = "Databricks Files API"
+
+    def __init__(
+        self, databricks_conn_id: str = default_conn_name, *, use_presigned_urls: bool = True
+    ) -> None:
+        super().__init__()
+        self.databricks_conn_id = databricks_conn_id
+        self.use_presigned_urls = use_presigned_urls
+        self._active: Uploader | Downloader | None = None
+        self._active_lock = threading.Lock()
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden_fields": ["schema", "port"],
+            "relabeling": {
+                "host": "Workspace URL",
+                "login": "Client ID or 'token'",
+                "password": "Token or secret",
+            },
+            "placeholders": {
+                "host": "https://adb-1234567890123456.7.azuredatabricks.net",
+                "extra": '{"service_principal_oauth": true, "retry_timeout_seconds": 300}',
+            },
+        }
+
+    @cached_property
+    def workspace_client(self) -> WorkspaceClient:
+        conn = self.get_connection(self.databricks_conn_id)
+        kwargs = config_kwargs(conn.host, conn.login, conn.password, conn.extra_dejson)
+        return WorkspaceClient(config=Config(**kwargs))
+
+    @cached_property
+    def client(self) -> FilesApiClient:
+        return FilesApiClient(self.workspace_client, use_presigned=self.use_presigned_urls)
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            next(iter(self.workspace_client.catalogs.list()), None)
+        except Exception as err:  # noqa: BLE001 - the UI shows the reason
+            return False, str(err)
+        return True, "Connected: Unity Catalog answered"
+
+    # ------------------------------------------------------------------ transfers
+    def upload_file(
+        self,
+        local_path: str,
+        volume_path: str,
+        *,
+        options: UploadOptions | None = None,
+        checkpoint: UploadCheckpoint | None = None,
+        sink: UploadCheckpointSink | None = None,
+        subscribers: list[Subscriber] | None = None,
+    ) -> UploadResult:
+        """Upload (single-shot or parallel multipart), resuming from ``checkpoint`` when it still fits."""
+        uploader = Uploader(
+            self.client.upload_target(volume_path),
+            local_path,
+            options,
+            sink=sink,
+            subscribers=[log_progress(self.log), *(subscribers or [])],
+        )
+        with self._running(uploader):
+            return uploader.run(checkpoint)
+
+    def download_file(
+        self,
+        volume_path: str,
+        local_path: str,
+        *,
+        options: DownloadOptions | None = None,
+        checkpoint: DownloadCheckpoint | None = None,
+        sink: DownloadCheckpointSink | None = None,
+        subscribers: list[Subscriber] | None = None,
+    ) -> DownloadResult:
+        """Parallel ranged download into a temp file beside ``local_path``, verified, then renamed."""
+        downloader = Downloader(
+            self.client.download_source(volume_path),
+            local_path,
+            options,
+            sink=sink,
+            subscribers=[log_progress(self.log), *(subscribers or [])],
+        )
+        with self._running(downloader):
+            return downloader.run(checkpoint)
+
+    def cancel(self) -> None:
+        """Stop the running transfer within seconds (from ``on_kill``); its checkpoint stays."""
+        with self._active_lock:
+            if self._active is not None:
+                self._active.cancel()
+
+    @contextmanager
+    def _running(self, transfer: Uploader | Downloader) -> Iterator[None]:
+        with self._active_lock:
+            self._active = transfer
+        try:
+            yield
+        finally:
+            with self._active_lock:
+                self._active = None
+
+    # ------------------------------------------------------------------ metadata and directories
+    def get_metadata(self, volume_path: str) -> dict[str, Any] | None:
+        """Size, ETag and Last-Modified of a file, or None when there is none."""
+        remote = self.client.stat(volume_path)
+        return None if remote is None else remote.to_dict()
+
+    def exists(self, volume_path: str) -> bool:
+        """True for an existing file or directory."""
+        return self.client.stat(volume_path) is not None or self.client.directory_exists(volume_path)
+
+    def list_directory(self, volume_path: str, *, recursive: bool = False) -> list[FileInfo]:
+        return list(self._walk(volume_path, recursive))
+
+    def _walk(self, volume_path: str, recursive: bool) -> Iterator[FileInfo]:
+        for entry in self.client.list_directory(volume_path):
+            yield entry
+            if recursive and entry.is_directory:
+                yield from self._walk(entry.path, recursive)
+
+    def create_directory(self, volume_path: str) -> None:
+        self.client.create_directory(volume_path)
+
+    def delete(self, volume_path: str, *, recursive: bool = False) -> None:
+        """Delete a file, or a directory (with ``recursive``, its contents first)."""
+        if self.client.stat(volume_path) is not None:
+            self.client.delete_file(volume_path)
+            return
+        if not self.client.directory_exists(volume_path):
+            raise RemoteNotFoundError(f"{volume_path} does not exist")
+        if recursive:
+            for entry in self.client.list_directory(volume_path):
+                self.delete(entry.path, recursive=True)
+        self.client.delete_directory(volume_path)

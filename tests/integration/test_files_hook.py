@@ -1,0 +1,87 @@
+"""DatabricksFilesHook through a real Airflow connection (AIRFLOW_CONN_* JSON) against the emulator."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from airflow_databricks_transfer.engine.download import DownloadOptions
+from airflow_databricks_transfer.engine.errors import AuthError, RemoteNotFoundError
+from airflow_databricks_transfer.engine.upload import UploadOptions
+from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
+from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
+from tests.integration.conftest import MiB, make_file, sha256_file
+
+pytestmark = pytest.mark.integration
+VOL = "/Volumes/main/default/landing"
+
+
+@pytest.fixture
+def hook(
+    files_api_emulator: FilesApiEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> DatabricksFilesHook:
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    conn = {
+        "conn_type": "databricks",
+        "host": files_api_emulator.url,
+        "password": files_api_emulator.token,
+        "extra": {"retry_timeout_seconds": 10},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_DBX_EMU", json.dumps(conn))
+    return DatabricksFilesHook("dbx_emu")
+
+
+def test_works_without_the_official_databricks_provider() -> None:
+    assert importlib.util.find_spec("airflow.providers.databricks") is None
+
+
+def test_upload_download_and_file_operations(
+    hook: DatabricksFilesHook, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    src = make_file(tmp_path / "src.bin", 12 * MiB + 5, seed=1)
+    dest = f"{VOL}/hook/data/src.bin"
+    up = hook.upload_file(
+        str(src), dest, options=UploadOptions(multipart_threshold_bytes=1, part_size_bytes=5 * MiB)
+    )
+    assert up.mode == "multipart" and up.parts == 3
+    out = tmp_path / "out.bin"
+    down = hook.download_file(dest, str(out), options=DownloadOptions(chunk_size_bytes=4 * MiB))
+    assert sha256_file(out) == sha256_file(src) == down.sha256
+    meta = hook.get_metadata(dest)
+    assert meta is not None and meta["size"] == 12 * MiB + 5 and meta["etag"]
+    assert hook.get_metadata(f"{VOL}/hook/none") is None
+    assert hook.exists(dest) and hook.exists(f"{VOL}/hook/data") and not hook.exists(f"{VOL}/hook/nope")
+    hook.create_directory(f"{VOL}/hook/empty")
+    names = sorted(e.name for e in hook.list_directory(f"{VOL}/hook", recursive=True))
+    assert names == ["data", "empty", "src.bin"]
+    hook.delete(f"{VOL}/hook", recursive=True)
+    assert not hook.exists(f"{VOL}/hook")
+    with pytest.raises(RemoteNotFoundError):
+        hook.delete(f"{VOL}/hook")
+
+
+def test_test_connection_reports_success_and_failure(
+    hook: DatabricksFilesHook, files_api_emulator: FilesApiEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert hook.test_connection() == (True, "Connected: Unity Catalog answered")
+    conn = {
+        "conn_type": "databricks",
+        "host": files_api_emulator.url,
+        "password": "wrong",
+        "extra": {"retry_timeout_seconds": 5},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_DBX_BAD", json.dumps(conn))
+    bad = DatabricksFilesHook("dbx_bad")
+    ok, message = bad.test_connection()
+    assert not ok and "Invalid access token" in message
+    with pytest.raises(AuthError):
+        bad.get_metadata(f"{VOL}/x")
+
+
+def test_missing_connection_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    with pytest.raises(Exception, match="isn't defined"):
+        DatabricksFilesHook("no_such_connection").get_metadata(f"{VOL}/x")
