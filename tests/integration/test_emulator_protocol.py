@@ -1625,3 +1625,15 @@ def test_a_replaced_part_gets_a_new_etag(api: Api) -> None:
     assert api.complete(path, token, [(1, first)]).status_code == 400  # only the last upload counts
     assert api.complete(path, token, [(1, second)]).status_code == 200
     assert api.get(path).content == payload(MIN_PART, seed=9)
+
+
+def test_discard_mode_is_a_sink_that_keeps_sizes(api: Api, emu: FilesApiEmulator) -> None:
+    """The benchmark sink: bodies are read (and counted) but not stored; the file has the right size."""
+    emu.update_settings(discard_part_bodies=True)
+    path = f"{VOL}/layout/discard.bin"
+    token = api.initiate(path)
+    etags = api.upload_parts(path, token, [payload(MIN_PART, seed=1), payload(100, seed=2)])
+    assert api.complete(path, token, etags).status_code == 200
+    assert emu.local_path(path).stat().st_size == MIN_PART + 100
+    assert api.get(path).content == b"\0" * (MIN_PART + 100)
+    assert sum(emu.part_bytes(path).values()) == MIN_PART + 100

@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-ttl-s", type=float, default=EmulatorSettings.session_ttl_s)
     p.add_argument("--no-presigned", action="store_true", help="answer FILES_API_API_IS_NOT_ENABLED")
     p.add_argument("--data-plane-url", default=None, help="base URL to mint into presigned URLs")
+    p.add_argument(
+        "--discard-part-bodies",
+        action="store_true",
+        help="benchmark sink: drop multipart part bodies; completed files are sparse, of the right size",
+    )
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     return p
 
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         presigned_enabled=not args.no_presigned,
         auto_create_volumes=args.auto_create_volumes,
         data_plane_url=args.data_plane_url,
+        discard_part_bodies=args.discard_part_bodies,
     )
     args.root.mkdir(parents=True, exist_ok=True)
     server = FilesApiServer(args.host, args.port, args.root, settings)

@@ -36,6 +36,9 @@ class EmulatorSettings:
     data_plane_url: str | None = None
     # Answer of GET /api/2.0/fs/endpoints; None answers 404 as workspaces without the API do.
     endpoints: tuple[Mapping[str, Any], ...] | None = None
+    # Benchmark sink: multipart part bodies are read and dropped, and complete-upload makes a sparse
+    # file of the right size (zeros). Only for measuring clients faster than a storing server.
+    discard_part_bodies: bool = False
     # Move request bodies socket -> pipe -> file with splice(2) where the platform has it.
     use_splice: bool = True
     default_catalogs: tuple[str, ...] = field(default=("main",))

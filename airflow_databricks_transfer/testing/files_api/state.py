@@ -110,7 +110,8 @@ class PartMeta:
     number: int
     size: int
     etag: str
-    where: str = "file"  # "data": in the session's parts.data at ``offset``; "file": its own file
+    # "data": in the session's parts.data at ``offset``; "file": its own file; "discard": benchmark sink
+    where: str = "file"
     offset: int = 0
 
 
@@ -412,6 +413,9 @@ class Store:
     def open_part_slot(self, token: str, number: int, length: int | None) -> PartSlot:
         """Decide where the body of an incoming part goes, before a byte of it is read."""
         self.check_part_number(number)
+        if self.settings.discard_part_bodies:
+            self.session(token)
+            return PartSlot(Path(os.devnull), 0, "discard")
         with self._lock:
             self.session(token)
             folder = self.uploads_dir / token
@@ -498,7 +502,10 @@ class Store:
         )
         tmp = self.new_temp()
         try:
-            if in_place:  # the bytes already sit in order: no copy
+            if any(p.where == "discard" for p in parts):  # benchmark sink: the size is all there is
+                with open(tmp, "wb") as out:
+                    out.truncate(sum(p.size for p in parts))
+            elif in_place:  # the bytes already sit in order: no copy
                 os.truncate(folder / _PARTS_DATA, sum(p.size for p in parts))
                 (folder / _PARTS_DATA).replace(tmp)
             else:
