@@ -33,6 +33,7 @@ from airflow_databricks_transfer.engine.ports import DownloadSource
 from airflow_databricks_transfer.engine.progress import BandwidthLimiter, ProgressTracker, Subscriber
 from airflow_databricks_transfer.engine.retry import Cancelled, RecoveryBudget, RetryPolicy, call_with_retry
 from airflow_databricks_transfer.engine.saver import CoalescingSaver
+from airflow_databricks_transfer.engine.workers import join_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -326,8 +327,7 @@ class Downloader:
         try:
             for t in threads:
                 t.start()
-            for t in threads:
-                t.join()
+            join_or_stop(threads, self._stop, lambda: saver.flush(state["cp"]))
             if errors or self._stop.is_set():
                 saver.flush(state["cp"])
                 raise _most_severe(errors) if errors else Cancelled("download cancelled")
@@ -360,7 +360,9 @@ class Downloader:
                         if n == 0:
                             raise ConnectionLostError(f"body ended {size - done} bytes early")
                         if limiter is not None:
-                            limiter.acquire(n)
+                            limiter.acquire(n, self._stop)
+                        if self._stop.is_set():
+                            raise Cancelled("download stopped")
                         try:
                             written = 0
                             while written < n:

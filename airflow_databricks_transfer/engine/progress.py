@@ -203,7 +203,8 @@ class BandwidthLimiter:
         self._last = clock()
         self._lock = threading.Lock()
 
-    def acquire(self, nbytes: int) -> None:
+    def acquire(self, nbytes: int, stop: threading.Event | None = None) -> None:
+        """Block until ``nbytes`` may go; returns early (without the tokens) once ``stop`` is set."""
         while True:
             with self._lock:
                 now = self._clock()
@@ -213,4 +214,8 @@ class BandwidthLimiter:
                     self._tokens -= nbytes  # may go negative: large chunks borrow from the future
                     return
                 wait = (min(nbytes, self.burst) - self._tokens) / self.rate
-            self._sleep(wait)
+            if stop is not None:
+                if stop.wait(wait):
+                    return
+            else:
+                self._sleep(wait)

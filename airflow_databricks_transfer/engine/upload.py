@@ -43,6 +43,7 @@ from airflow_databricks_transfer.engine.ports import PresignedUrl, UploadCheckpo
 from airflow_databricks_transfer.engine.progress import BandwidthLimiter, ProgressTracker, Subscriber
 from airflow_databricks_transfer.engine.retry import Cancelled, RecoveryBudget, RetryPolicy, call_with_retry
 from airflow_databricks_transfer.engine.saver import CoalescingSaver
+from airflow_databricks_transfer.engine.workers import join_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class UploadOptions:
     # SHA-256 of every part: stored in the checkpoint so a resume can prove finished parts still match
     # the source, and reported as an S3-style composite ("<sha256 of part digests>-<parts>").
     verify_sha256: bool = False
+    # SHA-256 of the whole file (reported as ``sha256``), read in order by one extra thread.
+    full_sha256: bool = False
     bandwidth_limit_bytes_per_s: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # retries across the whole transfer; None means 10 + 2 per part
@@ -90,6 +93,7 @@ class UploadResult:
     seconds: float
     sha256_composite: str | None
     restarted_reason: str | None = None
+    sha256: str | None = None
 
     @property
     def mib_per_s(self) -> float:
@@ -108,6 +112,7 @@ class UploadResult:
             "retries": self.retries,
             "seconds": round(self.seconds, 3),
             "mib_per_s": round(self.mib_per_s, 1),
+            "sha256": self.sha256,
             "sha256_composite": self.sha256_composite,
             "restarted_reason": self.restarted_reason,
         }
@@ -187,15 +192,30 @@ class Uploader:
         self._retries = 0
         self._retry_lock = threading.Lock()
         self._budget: RecoveryBudget | None = None
+        self._hasher: _FileHasher | None = None
+        self._hash_stop = threading.Event()
 
     def cancel(self) -> None:
         """Stop the workers within seconds; the checkpoint and the remote session stay for the next try."""
         self._cancelled = True
         self._stop.set()
+        self._hash_stop.set()
 
     # ------------------------------------------------------------------ entry point
     def run(self, checkpoint: UploadCheckpoint | None = None) -> UploadResult:
+        """Upload, resuming from ``checkpoint`` when it still fits the source and the server."""
         started = time.monotonic()
+        try:
+            result = self._run(checkpoint, started)
+        except BaseException:
+            self._hash_stop.set()
+            raise
+        if self._hasher is not None:
+            result = replace(result, sha256=self._hasher.result())
+            self._hasher = None
+        return result
+
+    def _run(self, checkpoint: UploadCheckpoint | None, started: float) -> UploadResult:
         try:
             fingerprint = SourceFingerprint.of(self.source_path)
         except FileNotFoundError:
@@ -203,6 +223,8 @@ class Uploader:
         if not os.path.isfile(self.source_path):
             raise SourceChangedError(f"source {self.source_path} is not a regular file")
         opts = self.options
+        if opts.full_sha256:
+            self._hasher = _FileHasher(self.source_path, fingerprint.size, self._hash_stop)
         plan = plan_upload(
             fingerprint.size,
             opts.limits,
@@ -409,7 +431,9 @@ class Uploader:
 
                     def attempt() -> str:
                         if limiter is not None:
-                            limiter.acquire(len(view))
+                            limiter.acquire(len(view), stop)
+                        if stop.is_set():
+                            raise Cancelled("upload stopped")
                         return self.target.put_part(urls.get(n), view)
 
                     etag: str = self._call(attempt)
@@ -451,8 +475,7 @@ class Uploader:
         ]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        join_or_stop(threads, stop, lambda: saver.flush(state["cp"]))
         final = state["cp"]
         if errors or stop.is_set():
             saver.flush(final)
@@ -580,6 +603,42 @@ def _sha256_of(path: str, size: int) -> bytes:
     finally:
         os.close(fd)
     return h.digest()
+
+
+class _FileHasher:
+    """SHA-256 of the whole source, read in order by one thread while the parts go out in parallel."""
+
+    def __init__(self, path: str, size: int, stop: threading.Event) -> None:
+        self._path, self._size, self._stop = path, size, stop
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            h = hashlib.sha256()
+            buf = memoryview(bytearray(4 * 1024 * 1024))
+            fd = os.open(self._path, os.O_RDONLY)
+            try:
+                offset = 0
+                while offset < self._size and not self._stop.is_set():
+                    view = buf[: min(len(buf), self._size - offset)]
+                    read_exact(fd, view, offset)
+                    h.update(view)
+                    offset += len(view)
+            finally:
+                os.close(fd)
+            if not self._stop.is_set():
+                self._digest = h.hexdigest()
+        except BaseException as err:  # noqa: BLE001 - re-raised by result()
+            self._error = err
+
+    def result(self) -> str | None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._digest
 
 
 def _composite(cp: UploadCheckpoint) -> str | None:

@@ -594,3 +594,48 @@ def test_overwrite_off_refuses_before_sending(
     with pytest.raises(AlreadyExistsError):
         Downloader(client.download_source(dest), local, down_opts(overwrite=False)).run()
     assert local.read_bytes() == b"keep me"
+
+
+def test_full_file_sha256_is_reported(client: FilesApiClient, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "src", 17 * MiB + 3, seed=30)
+    result = Uploader(client.upload_target(f"{VOL}/sha.bin"), src, up_opts(full_sha256=True)).run()
+    assert result.sha256 == sha256_file(src)
+    small = make_file(tmp_path / "small", 10, seed=31)
+    assert Uploader(
+        client.upload_target(f"{VOL}/sha-small.bin"), small, UploadOptions(full_sha256=True)
+    ).run().sha256 == sha256_file(small)
+
+
+class _Timeout(Exception):
+    pass
+
+
+def test_an_exception_in_the_main_thread_stops_workers_and_keeps_the_checkpoint(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    """Airflow's execution_timeout raises in the main thread while it waits for the workers."""
+    src = make_file(tmp_path / "src", 30 * MiB, seed=32)
+    dest = f"{VOL}/timeout.bin"
+    sink = MemorySink()
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise _Timeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    try:
+        with pytest.raises(_Timeout):
+            Uploader(
+                client.upload_target(dest), src, up_opts(bandwidth_limit_bytes_per_s=8 * MiB), sink=sink
+            ).run()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert isinstance(sink.latest, UploadCheckpoint) and sink.latest.parts  # progress was saved
+    assert len(files_api_emulator.sessions()) == 1  # and the session kept for the next try
+    sent = len(files_api_emulator.requests("presigned.part"))
+    time.sleep(1.0)
+    assert len(files_api_emulator.requests("presigned.part")) == sent  # no worker is still sending
+    result = Uploader(client.upload_target(dest), src, up_opts(), sink=sink).run(sink.latest)
+    assert result.parts_resumed >= 1
+    assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
