@@ -106,13 +106,13 @@ class DownloadResult:
 
 
 class DownloadCheckpointSink(Protocol):
-    def save(self, checkpoint: DownloadCheckpoint, changed_parts: frozenset[int]) -> None: ...
+    def save(self, checkpoint: DownloadCheckpoint, changed: frozenset[int]) -> None: ...
 
     def clear(self) -> None: ...
 
 
 class _NullSink:
-    def save(self, checkpoint: DownloadCheckpoint, changed_parts: frozenset[int]) -> None:
+    def save(self, checkpoint: DownloadCheckpoint, changed: frozenset[int]) -> None:
         pass
 
     def clear(self) -> None:

@@ -51,7 +51,7 @@ class FileCheckpointSink(Generic[C]):
             self.clear()
             return None, str(err)
 
-    def save(self, checkpoint: C, changed_parts: frozenset[int]) -> None:
+    def save(self, checkpoint: C, changed: frozenset[int]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         with open(tmp, "w") as f:

@@ -119,7 +119,7 @@ class UploadResult:
 
 
 class _NullSink:
-    def save(self, checkpoint: UploadCheckpoint, changed_parts: frozenset[int]) -> None:
+    def save(self, checkpoint: UploadCheckpoint, changed: frozenset[int]) -> None:
         pass
 
     def clear(self) -> None:

@@ -7,6 +7,7 @@ It does not need the official Databricks provider to be installed.
 
 from __future__ import annotations
 
+import fnmatch
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -231,3 +232,36 @@ class DatabricksFilesHook(BaseHook):
             for entry in self.client.list_directory(volume_path):
                 self.delete(entry.path, recursive=True)
         self.client.delete_directory(volume_path)
+
+
+_GLOB_CHARS = "*?["
+
+
+def split_glob(pattern: str) -> tuple[str, str | None]:
+    """(the deepest folder without wildcards, the pattern) or (path, None) for a plain path."""
+    if not any(c in pattern for c in _GLOB_CHARS):
+        return pattern, None
+    parts = pattern.split("/")
+    fixed: list[str] = []
+    for part in parts:
+        if any(c in part for c in _GLOB_CHARS):
+            break
+        fixed.append(part)
+    return "/".join(fixed) or "/", pattern
+
+
+def find_matches(hook: DatabricksFilesHook, pattern: str) -> dict[str, int]:
+    """{path: size} of the files matching ``pattern`` (a path or a glob; ``*`` does not cross ``/``)."""
+    base, glob = split_glob(pattern)
+    if glob is None:
+        meta = hook.get_metadata(pattern)
+        return {} if meta is None else {pattern: int(meta["size"])}
+    if not hook.exists(base):
+        return {}
+    depth = glob.count("/")
+    found: dict[str, int] = {}
+    for entry in hook.list_directory(base, recursive=True):
+        path = entry.path.rstrip("/")
+        if not entry.is_directory and path.count("/") == depth and fnmatch.fnmatchcase(path, glob):
+            found[path] = entry.size or 0
+    return found

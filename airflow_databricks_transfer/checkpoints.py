@@ -1,0 +1,122 @@
+"""Where transfer checkpoints live in Airflow.
+
+Airflow deletes every XCom of a task instance when its next try starts, so XCom cannot carry a
+checkpoint into a retry. The durable copy goes to the Airflow 3.3 task state store (shared by all tries
+of a task instance, on any worker, kept with ``NEVER_EXPIRE``); XCom key ``checkpoint`` carries a
+credential-free progress view so the UI shows how far a running or failed try got.
+
+Upload checkpoints are split over keys: ``<key>`` holds the head and ``<key>.seg.<i>`` each segment of
+1,000 parts, so a finished part rewrites one small value, and each value stays under the state store's
+64 KiB advisory limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.sdk import NEVER_EXPIRE  # type: ignore[attr-defined]  # lazily exported
+
+from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
+from airflow_databricks_transfer.engine.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+XCOM_KEY = "checkpoint"
+_warned = {"no_store": False}
+
+
+class TaskCheckpointStore:
+    """Checkpoint sink and loader for one task instance (upload or download)."""
+
+    def __init__(
+        self, context: Mapping[str, Any], key: str = "checkpoint", *, mirror_to_xcom: bool = True
+    ) -> None:
+        self.key = key
+        self._store = context.get("task_state_store")
+        self._ti = context.get("ti")
+        self._mirror = mirror_to_xcom
+        self._segments_written: int | None = None
+        if self._store is None and not _warned["no_store"]:
+            _warned["no_store"] = True
+            log.warning(
+                "This Airflow has no task state store (it arrived in Airflow 3.3): transfers run without "
+                "resuming across task tries; progress is still shown in XCom."
+            )
+
+    @property
+    def durable(self) -> bool:
+        return self._store is not None
+
+    # ------------------------------------------------------------------ load
+    def _raw(self) -> Any:
+        if self._store is None:
+            return None
+        return self._store.get(self.key)
+
+    def load_upload(self) -> tuple[UploadCheckpoint | None, str | None]:
+        """The stored upload checkpoint, or (None, why it was discarded)."""
+        head = self._raw()
+        if head is None:
+            return None, None
+        try:
+            if not isinstance(head, Mapping):
+                raise CheckpointError("checkpoint is not a JSON object")
+            if head.get("kind") != UploadCheckpoint.kind:
+                raise CheckpointError(
+                    f"checkpoint is a {head.get('kind')!r}, expected {UploadCheckpoint.kind!r}"
+                )
+            count = head.get("segments")
+            if not isinstance(count, int) or not 0 < count <= 1000:
+                raise CheckpointError(f"checkpoint head has an invalid segment count {count!r}")
+            assert self._store is not None
+            segments = [self._store.get(f"{self.key}.seg.{i}") for i in range(count)]
+            if any(s is None for s in segments):
+                raise CheckpointError("a checkpoint segment is missing")
+            cp = UploadCheckpoint.from_records(head, segments)
+            self._segments_written = count
+            return cp, None
+        except CheckpointError as err:
+            self.clear()
+            return None, str(err)
+
+    def load_download(self) -> tuple[DownloadCheckpoint | None, str | None]:
+        raw = self._raw()
+        if raw is None:
+            return None, None
+        try:
+            if not isinstance(raw, Mapping):
+                raise CheckpointError("checkpoint is not a JSON object")
+            return DownloadCheckpoint.from_dict(raw), None
+        except CheckpointError as err:
+            self.clear()
+            return None, str(err)
+
+    # ------------------------------------------------------------------ sink protocol
+    def save(self, checkpoint: UploadCheckpoint | DownloadCheckpoint, changed: frozenset[int]) -> None:
+        if self._store is not None:
+            retention = NEVER_EXPIRE
+            if isinstance(checkpoint, UploadCheckpoint):
+                count = checkpoint.segment_count
+                first_write = self._segments_written != count
+                segments = range(count) if first_write else sorted(changed)
+                for i in segments:
+                    self._store.set(f"{self.key}.seg.{i}", checkpoint.segment_record(i), retention=retention)
+                self._store.set(self.key, checkpoint.head_record(), retention=retention)
+                self._segments_written = count
+            else:
+                self._store.set(self.key, checkpoint.to_dict(), retention=retention)
+        if self._mirror and self._ti is not None:
+            self._ti.xcom_push(key=XCOM_KEY, value=checkpoint.progress_view())
+
+    def clear(self) -> None:
+        """Forget the checkpoint (after success, or a fatal error) so a Clear starts from scratch."""
+        if self._store is None:
+            return
+        head = self._store.get(self.key)
+        count = head.get("segments") if isinstance(head, Mapping) else None
+        self._store.delete(self.key)
+        for i in range(count if isinstance(count, int) and 0 < count <= 1000 else 0):
+            self._store.delete(f"{self.key}.seg.{i}")
+        self._segments_written = None

@@ -1,0 +1,270 @@
+"""Large-file upload to, and resilient download from, Unity Catalog Volumes; both resume on retry.
+
+Each finished part (upload) or chunk (download) is checkpointed to the task state store, so when Airflow
+retries the task, even on another worker, the new try sends only what the failed one had not finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_databricks_transfer.checkpoints import TaskCheckpointStore
+from airflow_databricks_transfer.engine.download import DownloadOptions
+from airflow_databricks_transfer.engine.errors import (
+    AlreadyExistsError,
+    AuthError,
+    CheckpointError,
+    InvalidRequestError,
+    MultipartUnavailableError,
+    RemoteNotFoundError,
+)
+from airflow_databricks_transfer.engine.planning import DEFAULT_MULTIPART_THRESHOLD_BYTES
+from airflow_databricks_transfer.engine.retry import RetryPolicy
+from airflow_databricks_transfer.engine.upload import UploadOptions
+from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
+
+# Errors no retry can fix: fail the task at once instead of burning its retries.
+_NOT_RETRYABLE = (
+    AuthError,
+    AlreadyExistsError,
+    InvalidRequestError,
+    RemoteNotFoundError,
+    CheckpointError,
+    MultipartUnavailableError,
+)
+
+
+def _int(value: Any, name: str) -> int:
+    """Template-rendered numbers arrive as strings (e.g. from UI Params)."""
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        raise AirflowFailException(f"{name} must be a number, got {value!r}") from None
+
+
+def _opt_float(value: Any, name: str) -> float | None:
+    if value in (None, "", "None", 0, "0"):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise AirflowFailException(f"{name} must be a number, got {value!r}") from None
+
+
+class _FilesTransferOperator(BaseOperator):
+    """Common options: ``parallelism`` workers (memory is about parallelism x part/buffer size),
+    ``bandwidth_limit_bytes_per_s``, ``overwrite``, and ``transfer_retry`` (per-request backoff of the
+    engine; Airflow's own ``retries`` then re-run the task, which resumes from its checkpoint).
+    """
+
+    template_fields: Sequence[str] = (
+        "local_path",
+        "volume_path",
+        "databricks_conn_id",
+        "parallelism",
+        "bandwidth_limit_bytes_per_s",
+    )
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self,
+        *,
+        local_path: str,
+        volume_path: str,
+        databricks_conn_id: str = DatabricksFilesHook.default_conn_name,
+        overwrite: bool = True,
+        parallelism: int | str = 4,
+        bandwidth_limit_bytes_per_s: float | str | None = None,
+        use_presigned_urls: bool = True,
+        progress_interval_s: float = 30.0,
+        checkpoint_key: str = "checkpoint",
+        transfer_retry: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.transfer_retry = transfer_retry or RetryPolicy()
+        self.local_path = local_path
+        self.volume_path = volume_path
+        self.databricks_conn_id = databricks_conn_id
+        self.overwrite = overwrite
+        self.parallelism = parallelism
+        self.bandwidth_limit_bytes_per_s = bandwidth_limit_bytes_per_s
+        self.use_presigned_urls = use_presigned_urls
+        self.progress_interval_s = progress_interval_s
+        self.checkpoint_key = checkpoint_key
+
+    @cached_property
+    def hook(self) -> DatabricksFilesHook:
+        return DatabricksFilesHook(self.databricks_conn_id, use_presigned_urls=self.use_presigned_urls)
+
+    def on_kill(self) -> None:
+        """Stop the workers within seconds; the checkpoint stays, so the next try resumes."""
+        if "hook" in self.__dict__:
+            self.hook.cancel()
+
+    def _checkpoints(self, context: Context) -> TaskCheckpointStore:
+        return TaskCheckpointStore(context, self.checkpoint_key)
+
+    def _fail_fast(self, err: Exception) -> None:
+        if isinstance(err, _NOT_RETRYABLE):
+            raise AirflowFailException(f"{type(err).__name__}: {err}") from err
+
+
+class LocalFilesystemToDatabricksVolumeOperator(_FilesTransferOperator):
+    """Upload a local file to a Unity Catalog Volume: single-shot when small, parallel multipart when large.
+
+    :param local_path: file to upload (templated).
+    :param volume_path: destination, ``/Volumes/<catalog>/<schema>/<volume>/...`` (templated).
+    :param part_size_bytes: multipart part size; default 16 MiB, raised as needed to stay within
+        10,000 parts. Frozen in the checkpoint for the life of an upload.
+    :param verify_sha256: keep a SHA-256 per finished part, so a retry re-checks the bytes of resumed parts
+        (catches a source rewritten without a size or mtime change).
+    :param compute_sha256: report the SHA-256 of the whole file in the result.
+    """
+
+    template_fields: Sequence[str] = (*_FilesTransferOperator.template_fields, "part_size_bytes")
+
+    def __init__(
+        self,
+        *,
+        part_size_bytes: int | str | None = None,
+        multipart_threshold_bytes: int = DEFAULT_MULTIPART_THRESHOLD_BYTES,
+        verify_sha256: bool = False,
+        compute_sha256: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.part_size_bytes = part_size_bytes
+        self.multipart_threshold_bytes = multipart_threshold_bytes
+        self.verify_sha256 = verify_sha256
+        self.compute_sha256 = compute_sha256
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        store = self._checkpoints(context)
+        checkpoint, discarded = store.load_upload()
+        if discarded:
+            self.log.warning("Ignoring the stored checkpoint (%s); uploading from the start", discarded)
+        elif checkpoint is not None:
+            self.log.info(
+                "Found a checkpoint: %d of %d parts already uploaded by an earlier try",
+                len(checkpoint.parts),
+                checkpoint.part_count,
+            )
+        part_size = _opt_float(self.part_size_bytes, "part_size_bytes")
+        options = UploadOptions(
+            part_size_bytes=int(part_size) if part_size else None,
+            parallelism=_int(self.parallelism, "parallelism"),
+            multipart_threshold_bytes=self.multipart_threshold_bytes,
+            overwrite=self.overwrite,
+            verify_sha256=self.verify_sha256,
+            full_sha256=self.compute_sha256,
+            bandwidth_limit_bytes_per_s=_opt_float(
+                self.bandwidth_limit_bytes_per_s, "bandwidth_limit_bytes_per_s"
+            ),
+            progress_interval_s=self.progress_interval_s,
+            retry=self.transfer_retry,
+        )
+        try:
+            result = self.hook.upload_file(
+                self.local_path, self.volume_path, options=options, checkpoint=checkpoint, sink=store
+            )
+        except Exception as err:
+            self._fail_fast(err)
+            raise
+        store.clear()
+        out = result.to_dict()
+        self.log.info(
+            "Uploaded %s to %s: %d bytes, %d parts (%d resumed), %.1f MiB/s, sha256 %s",
+            self.local_path,
+            self.volume_path,
+            result.bytes,
+            result.parts,
+            result.parts_resumed,
+            result.mib_per_s,
+            result.sha256,
+        )
+        return out
+
+
+class DatabricksVolumeToLocalFilesystemOperator(_FilesTransferOperator):
+    """Download a file from a Unity Catalog Volume with parallel ranged GETs, resumable and verified.
+
+    The file is written to a hidden temp file beside ``local_path`` and renamed into place only when
+    complete and verified, so a failed or killed try never leaves a half-written file at ``local_path``.
+
+    :param volume_path: the file to download (templated).
+    :param local_path: destination file (templated); its folder must exist.
+    :param chunk_size_bytes: size of each ranged GET (default 32 MiB).
+    :param expected_sha256: fail (and discard) if the downloaded bytes have another SHA-256.
+    :param offset: first byte to download; with ``length``, a partial download.
+    """
+
+    def __init__(
+        self,
+        *,
+        chunk_size_bytes: int | str = 32 * 1024 * 1024,
+        compute_sha256: bool = True,
+        expected_sha256: str | None = None,
+        offset: int = 0,
+        length: int | None = None,
+        fsync: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.chunk_size_bytes = chunk_size_bytes
+        self.compute_sha256 = compute_sha256
+        self.expected_sha256 = expected_sha256
+        self.offset = offset
+        self.length = length
+        self.fsync = fsync
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        store = self._checkpoints(context)
+        checkpoint, discarded = store.load_download()
+        if discarded:
+            self.log.warning("Ignoring the stored checkpoint (%s); downloading from the start", discarded)
+        elif checkpoint is not None:
+            self.log.info(
+                "Found a checkpoint: %d of %d chunks already downloaded by an earlier try",
+                len(checkpoint.done_chunks),
+                checkpoint.chunk_count,
+            )
+        options = DownloadOptions(
+            chunk_size_bytes=_int(self.chunk_size_bytes, "chunk_size_bytes"),
+            parallelism=_int(self.parallelism, "parallelism"),
+            overwrite=self.overwrite,
+            compute_sha256=self.compute_sha256 or self.expected_sha256 is not None,
+            expected_sha256=self.expected_sha256,
+            offset=self.offset,
+            length=self.length,
+            bandwidth_limit_bytes_per_s=_opt_float(
+                self.bandwidth_limit_bytes_per_s, "bandwidth_limit_bytes_per_s"
+            ),
+            progress_interval_s=self.progress_interval_s,
+            fsync=self.fsync,
+            retry=self.transfer_retry,
+        )
+        try:
+            result = self.hook.download_file(
+                self.volume_path, self.local_path, options=options, checkpoint=checkpoint, sink=store
+            )
+        except Exception as err:
+            self._fail_fast(err)
+            raise
+        store.clear()
+        self.log.info(
+            "Downloaded %s to %s: %d bytes, %d chunks (%d resumed), %.1f MiB/s, sha256 %s",
+            self.volume_path,
+            self.local_path,
+            result.bytes,
+            result.chunks,
+            result.chunks_resumed,
+            result.mib_per_s,
+            result.sha256,
+        )
+        return result.to_dict()
