@@ -139,9 +139,9 @@ def main() -> int:
         if summary:
             s = ast.literal_eval(summary.group(1))
             print(
-                f"roundtrip   {s['bytes'] / 2**20:.0f} MiB up at {s['upload_mib_s']} MiB/s in {s['upload_parts']} "
-                f"parts ({s['upload_parts_resumed']} resumed), down at {s['download_mib_s']} MiB/s "
-                f"({s['download_chunks_resumed']} chunks resumed)"
+                f"roundtrip   {s['bytes'] / 2**20:.0f} MiB up at {s['upload_mib_s']} MiB/s in "
+                f"{s['upload_parts']} parts ({s['upload_parts_resumed']} resumed), down at "
+                f"{s['download_mib_s']} MiB/s ({s['download_chunks_resumed']} chunks resumed)"
             )
             print(f"            SHA-256 {s['sha256']} identical after the round trip")
         print(
@@ -149,13 +149,11 @@ def main() -> int:
             "(a throttled part, a download cut mid-body)"
         )
         if found:
-            print(
-                f"sensor      deferred until {found.group(1)} CSV file(s) landed and stopped growing, then fetched one"
-            )
-        print(
-            f"emulator    {stats['requests']} requests; {sum(stats['bytes_in_by_path'].values()) / 2**20:.0f} MiB "
-            f"received, {sum(stats['bytes_out_by_path'].values()) / 2**20:.0f} MiB sent"
-        )
+            n = found.group(1)
+            print(f"sensor      deferred until {n} CSV file(s) landed and stopped growing, then fetched one")
+        received = sum(stats["bytes_in_by_path"].values()) / 2**20
+        sent = sum(stats["bytes_out_by_path"].values()) / 2**20
+        print(f"emulator    {stats['requests']} requests; {received:.0f} MiB received, {sent:.0f} MiB sent")
         if not (ok1 and ok2):
             print(f"logs in {work}")
             return 1
