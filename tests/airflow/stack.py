@@ -1,0 +1,242 @@
+"""Start and stop a real Airflow 3.3 stack (api-server, scheduler, dag-processor, triggerer, and Celery
+workers when asked) inside a test, and talk to it through its public REST API.
+
+Every component runs in its own process group so the stack, and any task process it forked, can be
+stopped as a whole; ``stop`` leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException, ValueError, KeyError):
+            last = check()
+            if last:
+                return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class AirflowStack:
+    home: Path
+    dags_folder: Path
+    env_extra: Mapping[str, str] = field(default_factory=dict)
+    executor: str = "LocalExecutor"
+    sql_alchemy_conn: str | None = None
+    celery_workers: tuple[str, ...] = ()
+    port: int = field(default_factory=free_port)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _token: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": "adt-test-jwt-secret-" + self.home.name,
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "3",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            **self.env_extra,
+        }
+        if self.sql_alchemy_conn:
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.sql_alchemy_conn
+        return env
+
+    # ------------------------------------------------------------------ lifecycle
+    def _spawn(self, name: str, args: list[str], extra_env: Mapping[str, str] | None = None) -> None:
+        log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        self.procs[name] = subprocess.Popen(
+            [AIRFLOW, *args],
+            env={**self.env(), **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start(self, timeout: float = 180) -> AirflowStack:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "passwords.json").write_text(json.dumps({"admin": "admin"}))
+        subprocess.run(
+            [AIRFLOW, "db", "migrate"], env=self.env(), check=True, capture_output=True, timeout=300
+        )
+        self._spawn("api-server", ["api-server", "--port", str(self.port), "--workers", "1"])
+        self._spawn("scheduler", ["scheduler"])
+        self._spawn("dag-processor", ["dag-processor"])
+        self._spawn("triggerer", ["triggerer"])
+        for i, worker in enumerate(self.celery_workers):
+            self._spawn(
+                worker,
+                ["celery", "worker", "--celery-hostname", f"{worker}@%h", "--concurrency", "1"],
+                {"WORKER_NAME": worker, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port() + i)},
+            )
+
+        def healthy() -> bool:
+            self._check_alive()
+            h = requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
+            parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+            return all(h.get(p, {}).get("status") == "healthy" for p in parts)
+
+        wait_for(healthy, timeout, "a healthy Airflow stack")
+        return self
+
+    def _check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"airflow {name} exited with {proc.returncode}; see {self.home / (name + '.log')}"
+                )
+
+    def kill_group(self, name: str) -> None:
+        """SIGKILL a component and everything in its process group (a worker dying whole)."""
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for proc in self.procs.values():  # whatever ignored SIGTERM, and task processes they forked
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        self.procs.clear()
+
+    def __enter__(self) -> AirflowStack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ REST
+    def _headers(self) -> dict[str, str]:
+        if self._token is None:
+            resp = requests.post(
+                f"{self.url}/auth/token", json={"username": "admin", "password": "admin"}, timeout=10
+            )
+            resp.raise_for_status()
+            self._token = resp.json()["access_token"]
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        resp = requests.request(
+            method, f"{self.url}/api/v2{path}", json=body, headers=self._headers(), timeout=30
+        )
+        resp.raise_for_status()
+        return resp.json() if resp.content else None
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 90) -> None:
+        wait_for(lambda: self.api("GET", f"/dags/{dag_id}"), timeout, f"DAG {dag_id} to be parsed")
+        self.api("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
+        run = self.api("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": dict(conf)})
+        return str(run["dag_run_id"])
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return str(self.api("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")["state"])
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
+        def done() -> str | None:
+            self._check_alive()
+            state = self.run_state(dag_id, run_id)
+            return state if state in ("success", "failed") else None
+
+        return str(wait_for(done, timeout, f"run {run_id} of {dag_id} to finish", interval=1))
+
+    def task_path(self, dag_id: str, run_id: str, task_id: str) -> str:
+        return f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
+
+    def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+        return dict(self.api("GET", self.task_path(dag_id, run_id, task_id)))
+
+    def tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
+        data = self.api("GET", self.task_path(dag_id, run_id, task_id) + "/tries")
+        return list(data["task_instances"])
+
+    def state_store(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+        data = self.api("GET", self.task_path(dag_id, run_id, task_id) + "/state-store")
+        return {item["key"]: item["value"] for item in data.get("task_state_store", [])}
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        data = self.api("GET", self.task_path(dag_id, run_id, task_id) + f"/xcomEntries/{key}")
+        value = data["value"]
+        return json.loads(value) if isinstance(value, str) and value[:1] in "{[" else value
+
+    def clear(self, dag_id: str, run_id: str, task_id: str) -> None:
+        self.api(
+            "POST",
+            f"/dags/{dag_id}/clearTaskInstances",
+            {
+                "dry_run": False,
+                "task_ids": [task_id],
+                "dag_run_id": run_id,
+                "only_failed": False,
+                "reset_dag_runs": True,
+            },
+        )
+
+    def logs_text(self) -> str:
+        """Every task log file of this stack, concatenated (for leak checks)."""
+        chunks = []
+        for path in sorted((self.home / "logs").rglob("*")):
+            if path.is_file():
+                chunks.append(path.read_text(errors="replace"))
+        return "\n".join(chunks)

@@ -1,0 +1,160 @@
+"""Resume on retry, proven with a real Airflow scheduler: the first try is SIGKILLed mid-transfer, the
+second try (started by the scheduler) must send only what the first had not finished.
+
+What was sent is counted by the Files API emulator per part; checkpoints are read through Airflow's
+public REST API (task state store), exactly as an operator of the platform would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
+from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
+from tests.airflow.stack import REPO, AirflowStack, wait_for
+from tests.integration.conftest import MiB, make_file, sha256_file
+
+pytestmark = [pytest.mark.airflow, pytest.mark.slow]
+
+VOL = "/Volumes/main/default/landing"
+SIZE = 1024 * MiB
+PART = 16 * MiB
+PARALLELISM = 4
+DAGS = REPO / "tests" / "airflow" / "dags"
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FilesApiEmulator]:
+    with FilesApiEmulator(tmp_path_factory.mktemp("files-root"), volumes=["main.default.landing"]) as emu:
+        yield emu
+
+
+def connection_env(emu: FilesApiEmulator) -> dict[str, str]:
+    conn = {
+        "conn_type": "databricks",
+        "host": emu.url,
+        "password": emu.token,
+        "extra": {"retry_timeout_seconds": 30},
+    }
+    return {"AIRFLOW_CONN_DATABRICKS_DEFAULT": json.dumps(conn)}
+
+
+@pytest.fixture(scope="module")
+def local_stack(
+    emulator: FilesApiEmulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AirflowStack]:
+    with AirflowStack(tmp_path_factory.mktemp("airflow-local"), DAGS, connection_env(emulator)) as stack:
+        stack.wait_for_dag("resume_upload")
+        stack.wait_for_dag("resume_download")
+        yield stack
+
+
+def upload_checkpoint(stack: AirflowStack, run_id: str) -> UploadCheckpoint | None:
+    store = stack.state_store("resume_upload", run_id, "upload")
+    head = store.get("checkpoint")
+    if head is None:
+        return None
+    segments = [store[f"checkpoint.seg.{i}"] for i in range(head["segments"])]
+    return UploadCheckpoint.from_records(head, segments)
+
+
+def kill_task_process(stack: AirflowStack, dag_id: str, run_id: str, task_id: str) -> int:
+    ti = stack.task_instance(dag_id, run_id, task_id)
+    pid = int(ti["pid"])
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def check_upload_resumed(
+    stack: AirflowStack,
+    emu: FilesApiEmulator,
+    dag_id: str,
+    run_id: str,
+    dest: str,
+    src: Path,
+    at_kill: UploadCheckpoint,
+) -> dict[str, Any]:
+    tries = stack.tries(dag_id, run_id, "upload")
+    assert [t["state"] for t in tries] == ["failed", "success"], tries
+    result = stack.xcom(dag_id, run_id, "upload")
+    # try 2 started from try 1's checkpoint (parts finished after our snapshot may be in it too)
+    assert result["parts_resumed"] >= len(at_kill.parts)
+    sent = emu.part_bytes(dest)
+    last = at_kill.part_count
+    tail = SIZE - (last - 1) * PART
+    for n in at_kill.parts:  # parts the checkpoint held at the kill were never sent again
+        assert sent[n] == (PART if n != last else tail), f"part {n} was sent again"
+    resent = sum(sent.values()) - SIZE
+    assert 0 <= resent <= PARALLELISM * PART, f"{resent} bytes were sent twice"
+    assert sha256_file(emu.local_path(dest)) == sha256_file(src)
+    assert stack.state_store(dag_id, run_id, "upload") == {}  # checkpoint deleted on success
+    return dict(result)
+
+
+def test_killed_upload_resumes_on_retry_and_a_clear_starts_over(
+    local_stack: AirflowStack, emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    stack, emu = local_stack, emulator
+    src = make_file(tmp_path / "big.bin", SIZE, seed=41)
+    dest = f"{VOL}/resume/{uuid.uuid4().hex}.bin"
+    run_id = stack.trigger("resume_upload", {"source": str(src), "volume_path": dest, "bandwidth_mib_s": 60})
+
+    def half_done() -> UploadCheckpoint | None:
+        cp = upload_checkpoint(stack, run_id)
+        return cp if cp is not None and len(cp.parts) >= cp.part_count // 2 else None
+
+    at_kill = wait_for(half_done, 180, "the upload checkpoint to reach 50%")
+    progress = stack.xcom("resume_upload", run_id, "upload", "checkpoint")
+    assert progress["percent"] >= 25 and "session_token" not in progress  # the UI mirror
+    kill_task_process(stack, "resume_upload", run_id, "upload")
+    assert stack.wait_for_run("resume_upload", run_id) == "success"
+    check_upload_resumed(stack, emu, "resume_upload", run_id, dest, src, at_kill)
+
+    # a manual Clear of the finished task uploads from scratch rather than "resuming" a finished one
+    before = sum(emu.part_bytes(dest).values())
+    stack.clear("resume_upload", run_id, "upload")
+    wait_for(lambda: stack.run_state("resume_upload", run_id) != "success", 30, "the cleared run to restart")
+    assert stack.wait_for_run("resume_upload", run_id) == "success"
+    again = stack.xcom("resume_upload", run_id, "upload")
+    assert again["parts_resumed"] == 0 and again["bytes_sent"] == SIZE
+    assert sum(emu.part_bytes(dest).values()) - before == SIZE
+
+
+def test_killed_download_resumes_on_retry(
+    local_stack: AirflowStack, emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    stack, emu = local_stack, emulator
+    path = f"{VOL}/resume/{uuid.uuid4().hex}-down.bin"
+    emu.seed(files=[{"path": path, "size": SIZE, "seed": 42}])
+    dest = tmp_path / "downloaded.bin"
+    run_id = stack.trigger(
+        "resume_download", {"volume_path": path, "destination": str(dest), "bandwidth_mib_s": 60}
+    )
+
+    def half_done() -> DownloadCheckpoint | None:
+        raw = stack.state_store("resume_download", run_id, "download").get("checkpoint")
+        cp = DownloadCheckpoint.from_dict(raw) if raw else None
+        return cp if cp is not None and len(cp.done_chunks) >= cp.chunk_count // 2 else None
+
+    at_kill = wait_for(half_done, 180, "the download checkpoint to reach 50%")
+    served_before = sum(r.bytes_out for r in emu.requests("presigned.download") if r.path == path)
+    kill_task_process(stack, "resume_download", run_id, "download")
+    assert not dest.exists()  # never a half-written file in place
+    assert stack.wait_for_run("resume_download", run_id) == "success"
+    tries = stack.tries("resume_download", run_id, "download")
+    assert [t["state"] for t in tries] == ["failed", "success"]
+    result = stack.xcom("resume_download", run_id, "download")
+    assert result["chunks_resumed"] >= len(at_kill.done_chunks)
+    served = sum(r.bytes_out for r in emu.requests("presigned.download") if r.path == path)
+    assert served - served_before <= SIZE - at_kill.bytes_done + PARALLELISM * PART
+    assert sha256_file(dest) == sha256_file(emu.local_path(path)) == result["sha256"]
+    assert stack.state_store("resume_download", run_id, "download") == {}
+    assert not (tmp_path / ".downloaded.bin.adt-partial").exists()
