@@ -1,8 +1,9 @@
-"""DAGs the real-scheduler tests kill mid-transfer: paced so a kill lands mid-transfer."""
+"""DAGs that the real-scheduler tests kill mid-transfer (paced by a bandwidth limit)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, Param
@@ -13,7 +14,7 @@ from airflow_databricks_transfer.operators.files import (
 )
 
 MiB = 1024 * 1024
-COMMON = {
+COMMON: dict[str, Any] = {
     "schedule": None,
     "start_date": pendulum.datetime(2026, 1, 1, tz="UTC"),
     "catchup": False,
