@@ -55,6 +55,7 @@ class AirflowStack:
     celery_workers: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    killed: set[str] = field(default_factory=set)
     _token: str | None = None
 
     @property
@@ -103,9 +104,18 @@ class AirflowStack:
     def start(self, timeout: float = 180) -> AirflowStack:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "passwords.json").write_text(json.dumps({"admin": "admin"}))
-        subprocess.run(
-            [AIRFLOW, "db", "migrate"], env=self.env(), check=True, capture_output=True, timeout=300
+        migrate = subprocess.run(
+            [AIRFLOW, "db", "migrate"],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
+        if migrate.returncode != 0:
+            raise RuntimeError(
+                f"airflow db migrate failed:\n{migrate.stdout[-3000:]}\n{migrate.stderr[-3000:]}"
+            )
         self._spawn("api-server", ["api-server", "--port", str(self.port), "--workers", "1"])
         self._spawn("scheduler", ["scheduler"])
         self._spawn("dag-processor", ["dag-processor"])
@@ -128,7 +138,7 @@ class AirflowStack:
 
     def _check_alive(self) -> None:
         for name, proc in self.procs.items():
-            if proc.poll() is not None:
+            if name not in self.killed and proc.poll() is not None:
                 raise RuntimeError(
                     f"airflow {name} exited with {proc.returncode}; see {self.home / (name + '.log')}"
                 )
@@ -136,6 +146,7 @@ class AirflowStack:
     def kill_group(self, name: str) -> None:
         """SIGKILL a component and everything in its process group (a worker dying whole)."""
         proc = self.procs[name]
+        self.killed.add(name)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)

@@ -7,6 +7,7 @@ public REST API (task state store), exactly as an operator of the platform would
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -158,3 +159,102 @@ def test_killed_download_resumes_on_retry(
     assert sha256_file(dest) == sha256_file(emu.local_path(path)) == result["sha256"]
     assert stack.state_store("resume_download", run_id, "download") == {}
     assert not (tmp_path / ".downloaded.bin.adt-partial").exists()
+
+
+# ---------------------------------------------------------------- CeleryExecutor: try 2 on another worker
+
+
+def _services_or_skip() -> tuple[str, str]:
+    """PostgreSQL and Redis of this machine (started before every session and CI run)."""
+    import psycopg2
+    import redis
+
+    try:
+        psycopg2.connect(
+            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3
+        ).close()
+        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=3).ping()
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(f"the CeleryExecutor test needs PostgreSQL on 127.0.0.1:5432 and Redis on :6379 ({err})")
+    return "127.0.0.1:5432", "127.0.0.1:6379"
+
+
+@pytest.fixture
+def celery_stack(emulator: FilesApiEmulator, tmp_path: Path) -> Iterator[AirflowStack]:
+    import psycopg2
+    import redis
+
+    pg, rd = _services_or_skip()
+    db = f"adt_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {db}")
+    redis_db = 7
+    redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()
+    env = {
+        **connection_env(emulator),
+        "AIRFLOW__CELERY__BROKER_URL": f"redis://{rd}/{redis_db}",
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://postgres@{pg}/{db}",
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+    }
+    stack = AirflowStack(
+        tmp_path / "airflow-celery",
+        DAGS,
+        env,
+        executor="CeleryExecutor",
+        sql_alchemy_conn=f"postgresql+psycopg2://postgres@{pg}/{db}",
+        celery_workers=("w1", "w2"),
+    )
+    try:
+        with stack:
+            stack.wait_for_dag("resume_upload")
+            yield stack
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        admin.close()
+
+
+def _worker_of(stack: AirflowStack, pid: int) -> str | None:
+    """Which Celery worker (by its process) is an ancestor of ``pid``."""
+    workers = {proc.pid: name for name, proc in stack.procs.items() if name in stack.celery_workers}
+    while pid > 1:
+        if pid in workers:
+            return workers[pid]
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return None
+        pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+    return None
+
+
+def test_celery_worker_killed_whole_and_the_retry_resumes_on_the_other_worker(
+    celery_stack: AirflowStack, emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    stack, emu = celery_stack, emulator
+    src = make_file(tmp_path / "big.bin", SIZE, seed=43)
+    dest = f"{VOL}/resume/{uuid.uuid4().hex}-celery.bin"
+    run_id = stack.trigger("resume_upload", {"source": str(src), "volume_path": dest, "bandwidth_mib_s": 60})
+
+    def half_done() -> UploadCheckpoint | None:
+        cp = upload_checkpoint(stack, run_id)
+        return cp if cp is not None and len(cp.parts) >= cp.part_count // 2 else None
+
+    at_kill = wait_for(half_done, 180, "the upload checkpoint to reach 50%")
+    pid = int(stack.task_instance("resume_upload", run_id, "upload")["pid"])
+    first = _worker_of(stack, pid)
+    assert first in ("w1", "w2"), f"task process {pid} is not under a Celery worker"
+    stack.kill_group(first)  # the whole worker dies: its supervisor and the task with it
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    other = "w2" if first == "w1" else "w1"
+
+    def try2_worker() -> str | None:
+        ti = stack.task_instance("resume_upload", run_id, "upload")
+        if ti["try_number"] == 2 and ti["state"] == "running" and ti.get("pid"):
+            return _worker_of(stack, int(ti["pid"])) or "unknown"
+        return None
+
+    assert wait_for(try2_worker, 180, "try 2 to start") == other
+    assert stack.wait_for_run("resume_upload", run_id, timeout=300) == "success"
+    check_upload_resumed(stack, emu, "resume_upload", run_id, dest, src, at_kill)
