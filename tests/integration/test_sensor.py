@@ -1,0 +1,135 @@
+"""DatabricksVolumeFileSensor and its trigger against the emulator: existence, globs, stability."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_databricks_transfer.hooks.files import DatabricksFilesHook, find_matches, split_glob
+from airflow_databricks_transfer.sensors.files import DatabricksVolumeFileSensor
+from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
+from airflow_databricks_transfer.triggers.files import DatabricksVolumeFileTrigger
+
+pytestmark = pytest.mark.integration
+VOL = "/Volumes/main/default/landing"
+
+
+@pytest.fixture
+def conn(files_api_emulator: FilesApiEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DBX_SENSOR",
+        json.dumps(
+            {"conn_type": "databricks", "host": files_api_emulator.url, "password": files_api_emulator.token}
+        ),
+    )
+    return "dbx_sensor"
+
+
+class DictStore:
+    """Stands in for the task state store: the sensor only needs get/set/delete."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: Any, **_: Any) -> None:
+        self.data[key] = json.loads(json.dumps(value))
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+def test_split_glob() -> None:
+    assert split_glob(f"{VOL}/a/b.csv") == (f"{VOL}/a/b.csv", None)
+    assert split_glob(f"{VOL}/in/*/part-*.csv") == (f"{VOL}/in", f"{VOL}/in/*/part-*.csv")
+
+
+def test_find_matches_follows_the_glob_depth(conn: str, files_api_emulator: FilesApiEmulator) -> None:
+    files_api_emulator.seed(
+        files=[
+            {"path": f"{VOL}/in/a.csv", "size": 1},
+            {"path": f"{VOL}/in/b.txt", "size": 2},
+            {"path": f"{VOL}/in/sub/c.csv", "size": 3},
+        ]
+    )
+    hook = DatabricksFilesHook(conn)
+    assert find_matches(hook, f"{VOL}/in/*.csv") == {f"{VOL}/in/a.csv": 1}
+    assert find_matches(hook, f"{VOL}/in/*/*.csv") == {f"{VOL}/in/sub/c.csv": 3}
+    assert find_matches(hook, f"{VOL}/in/b.txt") == {f"{VOL}/in/b.txt": 2}
+    assert find_matches(hook, f"{VOL}/missing/*.csv") == {}
+
+
+def test_trigger_serialize_round_trips() -> None:
+    trigger = DatabricksVolumeFileTrigger(f"{VOL}/x/*.csv", "dbx", poke_interval_s=3.5, stable_checks=2)
+    path, kwargs = trigger.serialize()
+    module, _, name = path.rpartition(".")
+    rebuilt = getattr(importlib.import_module(module), name)(**kwargs)
+    assert rebuilt.serialize() == (path, kwargs)
+    assert json.loads(json.dumps(kwargs)) == kwargs  # what the triggerer stores in the DB
+
+
+def test_trigger_fires_once_the_file_is_stable(conn: str, files_api_emulator: FilesApiEmulator) -> None:
+    path = f"{VOL}/late/data.csv"
+    threading.Timer(0.5, lambda: files_api_emulator.seed(files=[{"path": path, "size": 10}])).start()
+
+    async def first_event() -> Any:
+        trigger = DatabricksVolumeFileTrigger(f"{VOL}/late/*.csv", conn, poke_interval_s=0.2, stable_checks=2)
+        async for event in trigger.run():
+            return event.payload
+        return None
+
+    payload = asyncio.run(asyncio.wait_for(first_event(), timeout=30))
+    assert payload == {"status": "success", "matches": {path: 10}}
+
+
+def test_trigger_reports_errors_as_events(conn: str, files_api_emulator: FilesApiEmulator) -> None:
+    files_api_emulator.add_fault(route="files.head", status=403, times=None)
+
+    async def first_event() -> Any:
+        async for event in DatabricksVolumeFileTrigger(f"{VOL}/x.csv", conn, poke_interval_s=0.1).run():
+            return event.payload
+        return None
+
+    payload = asyncio.run(asyncio.wait_for(first_event(), timeout=30))
+    assert payload["status"] == "error" and "AuthError" in payload["message"]
+
+
+def test_poke_mode_waits_for_existence(conn: str, files_api_emulator: FilesApiEmulator) -> None:
+    sensor = DatabricksVolumeFileSensor(task_id="s", path=f"{VOL}/p/*.bin", databricks_conn_id=conn)
+    ctx: Any = {}
+    assert not sensor.poke(ctx).is_done  # type: ignore[union-attr]
+    files_api_emulator.seed(files=[{"path": f"{VOL}/p/1.bin", "size": 7}])
+    result = sensor.poke(ctx)
+    assert result.is_done and result.xcom_value == {f"{VOL}/p/1.bin": 7}  # type: ignore[union-attr]
+
+
+def test_reschedule_mode_keeps_stability_in_the_state_store(
+    conn: str, files_api_emulator: FilesApiEmulator
+) -> None:
+    path = f"{VOL}/grow/f.bin"
+    store = DictStore()
+    ctx: Any = {"task_state_store": store}
+
+    def poke_in_a_new_process() -> bool:  # reschedule mode: a fresh operator object every poke
+        sensor = DatabricksVolumeFileSensor(
+            task_id="s", path=path, databricks_conn_id=conn, stable_checks=2, mode="reschedule"
+        )
+        return bool(sensor.poke(ctx).is_done)  # type: ignore[union-attr]
+
+    files_api_emulator.seed(files=[{"path": path, "size": 100}])
+    assert not poke_in_a_new_process()
+    files_api_emulator.seed(files=[{"path": path, "size": 200}])  # still growing: the count restarts
+    assert not poke_in_a_new_process()
+    assert store.data["stability"]["same"] == 0
+    assert not poke_in_a_new_process()  # unchanged once
+    assert poke_in_a_new_process()  # unchanged twice: done
+    assert "stability" not in store.data  # cleaned up
