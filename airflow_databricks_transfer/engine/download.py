@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,7 +34,7 @@ from airflow_databricks_transfer.engine.ports import DownloadSource
 from airflow_databricks_transfer.engine.progress import BandwidthLimiter, ProgressTracker, Subscriber
 from airflow_databricks_transfer.engine.retry import Cancelled, RecoveryBudget, RetryPolicy, call_with_retry
 from airflow_databricks_transfer.engine.saver import CoalescingSaver
-from airflow_databricks_transfer.engine.workers import join_or_stop
+from airflow_databricks_transfer.engine.workers import run_workers
 
 log = logging.getLogger(__name__)
 
@@ -293,19 +294,12 @@ class Downloader:
         todo = [i for i in range(cp.chunk_count) if i not in cp.done_chunks]
         saver: CoalescingSaver[DownloadCheckpoint] = CoalescingSaver(self.sink.save)
         state = {"cp": cp}
-        errors: list[BaseException] = []
-        queue = iter(todo)
-        qlock = threading.Lock()
 
-        def worker() -> None:
+        def worker(next_chunk: Callable[[], int | None]) -> None:
             buf = memoryview(bytearray(opts.buffer_size_bytes))
             fd = os.open(cp.temp_path, os.O_WRONLY)
             try:
-                while not self._stop.is_set():
-                    with qlock:
-                        index = next(queue, None)
-                    if index is None:
-                        return
+                while (index := next_chunk()) is not None:
                     start = index * cp.chunk_size
                     size = min(cp.chunk_size, cp.length - start)
                     self._fetch_chunk(fd, buf, start, size, remote, tracker, limiter)
@@ -313,25 +307,19 @@ class Downloader:
                         state["cp"] = state["cp"].with_chunk(index)
                         saver.offer(state["cp"], index)
                     tracker.add(0, part_done=True)
-            except BaseException as err:  # noqa: BLE001 - reported after the other workers stop
-                with self._lock:
-                    errors.append(err)
-                self._stop.set()
             finally:
                 os.close(fd)
 
-        threads = [
-            threading.Thread(target=worker, name=f"download-{i}", daemon=True)
-            for i in range(min(opts.parallelism, max(1, len(todo))))
-        ]
         try:
-            for t in threads:
-                t.start()
-            join_or_stop(threads, self._stop, lambda: saver.flush(state["cp"]))
-            if errors or self._stop.is_set():
-                saver.flush(state["cp"])
-                raise _most_severe(errors) if errors else Cancelled("download cancelled")
-            saver.flush(state["cp"])
+            run_workers(
+                todo,
+                min(opts.parallelism, max(1, len(todo))),
+                worker,
+                stop=self._stop,
+                flush=lambda: saver.flush(state["cp"]),
+                name="download",
+                severity=(InsufficientSpaceError, RemoteChangedError, FatalError, TransferError),
+            )
         finally:
             saver.close()
         return self._finish(state["cp"], remote, tracker, started, resumed_chunks, resumed_bytes, restarted)
@@ -455,11 +443,3 @@ def _sha256_file(path: str) -> str:
         while n := f.readinto(buf):
             h.update(buf[:n])
     return h.hexdigest()
-
-
-def _most_severe(errors: list[BaseException]) -> BaseException:
-    for kind in (InsufficientSpaceError, RemoteChangedError, FatalError, TransferError):
-        for err in errors:
-            if isinstance(err, kind) and not isinstance(err, Cancelled):
-                return err
-    return errors[0]

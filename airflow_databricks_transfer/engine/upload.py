@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -43,7 +43,7 @@ from airflow_databricks_transfer.engine.ports import PresignedUrl, UploadCheckpo
 from airflow_databricks_transfer.engine.progress import BandwidthLimiter, ProgressTracker, Subscriber
 from airflow_databricks_transfer.engine.retry import Cancelled, RecoveryBudget, RetryPolicy, call_with_retry
 from airflow_databricks_transfer.engine.saver import CoalescingSaver
-from airflow_databricks_transfer.engine.workers import join_or_stop
+from airflow_databricks_transfer.engine.workers import run_workers
 
 log = logging.getLogger(__name__)
 
@@ -415,14 +415,7 @@ class Uploader:
             urls.get(missing[0])
         state = {"cp": cp}
         state_lock = threading.Lock()
-        queue: Iterator[int] = iter(missing)
-        queue_lock = threading.Lock()
-        errors: list[BaseException] = []
         stop = self._stop
-
-        def next_part() -> int | None:
-            with queue_lock:
-                return next(queue, None)
 
         def send(n: int, view: memoryview) -> str:
             refreshes = 0
@@ -445,14 +438,11 @@ class Uploader:
                     log.info("%s: part %d URL expired; minting a new one", self.target.destination, n)
                     urls.invalidate(n)
 
-        def worker() -> None:
+        def worker(next_part: Callable[[], int | None]) -> None:
             buf = memoryview(bytearray(cp.part_size))
             fd = os.open(self.source_path, os.O_RDONLY)
             try:
-                while not stop.is_set():
-                    n = next_part()
-                    if n is None:
-                        return
+                while (n := next_part()) is not None:
                     offset = (n - 1) * cp.part_size
                     view = buf[: min(cp.part_size, size - offset)]
                     read_exact(fd, view, offset)
@@ -462,24 +452,19 @@ class Uploader:
                         state["cp"] = state["cp"].with_part(n, etag, digest)
                         saver.offer(state["cp"], state["cp"].segment_of(n))
                     tracker.add(len(view), part_done=True)
-            except BaseException as err:  # noqa: BLE001 - reported after the other workers stop
-                with state_lock:
-                    errors.append(err)
-                stop.set()
             finally:
                 os.close(fd)
 
-        threads = [
-            threading.Thread(target=worker, name=f"upload-part-{i}", daemon=True)
-            for i in range(min(opts.parallelism, max(1, len(missing))))
-        ]
-        for t in threads:
-            t.start()
-        join_or_stop(threads, stop, lambda: saver.flush(state["cp"]))
+        run_workers(
+            missing,
+            min(opts.parallelism, max(1, len(missing))),
+            worker,
+            stop=stop,
+            flush=lambda: saver.flush(state["cp"]),
+            name="upload-part",
+            severity=(FatalError, SessionLostError, RetryBudgetExceeded, TransferError),
+        )
         final = state["cp"]
-        if errors or stop.is_set():
-            saver.flush(final)
-            raise _most_severe(errors) if errors else Cancelled("upload cancelled")
         # every part is on the server: make sure they came from one unchanged source, then complete
         final.source.ensure_unchanged()
         final = replace(final, phase="completing")
@@ -646,12 +631,3 @@ def _composite(cp: UploadCheckpoint) -> str | None:
         return None
     joined = b"".join(cp.part_sha256[n] for n in range(1, cp.part_count + 1))
     return f"{hashlib.sha256(joined).hexdigest()}-{cp.part_count}"
-
-
-def _most_severe(errors: list[BaseException]) -> BaseException:
-    """Report the error that decides the outcome: fatal beats session loss beats transient/cancel."""
-    for kind in (FatalError, SessionLostError, RetryBudgetExceeded, TransferError):
-        for err in errors:
-            if isinstance(err, kind) and not isinstance(err, Cancelled):
-                return err
-    return errors[0]
