@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow.sdk import NEVER_EXPIRE  # type: ignore[attr-defined]  # lazily exported
 
-from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
+from airflow_databricks_transfer.engine.checkpoint import SCHEMA, DownloadCheckpoint, UploadCheckpoint
 from airflow_databricks_transfer.engine.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class TaskCheckpointStore:
         try:
             if not isinstance(head, Mapping):
                 raise CheckpointError("checkpoint is not a JSON object")
+            if head.get("schema") != SCHEMA:
+                raise CheckpointError(f"not a checkpoint of this package (schema {head.get('schema')!r})")
             if head.get("kind") != UploadCheckpoint.kind:
                 raise CheckpointError(
                     f"checkpoint is a {head.get('kind')!r}, expected {UploadCheckpoint.kind!r}"
@@ -109,6 +111,13 @@ class TaskCheckpointStore:
                 self._store.set(self.key, checkpoint.to_dict(), retention=retention)
         if self._mirror and self._ti is not None:
             self._ti.xcom_push(key=XCOM_KEY, value=checkpoint.progress_view())
+
+    def finish(self, kind: str, result: Mapping[str, Any]) -> None:
+        """After success: delete the checkpoint (a Clear must start over) and show "done" in the UI."""
+        self.clear()
+        if self._mirror and self._ti is not None:
+            done = {k: result[k] for k in ("destination", "source", "bytes") if k in result}
+            self._ti.xcom_push(key=XCOM_KEY, value={"kind": kind, **done, "phase": "done", "percent": 100.0})
 
     def clear(self) -> None:
         """Forget the checkpoint (after success, or a fatal error) so a Clear starts from scratch."""

@@ -40,6 +40,9 @@ with DAG(
             description="/Volumes/<catalog>/<schema>/<volume>/<folder>",
         ),
         "part_size_mib": Param(16, type="integer", minimum=5),
+        "multipart_threshold_mib": Param(
+            8, type="integer", minimum=0, description="files from this size up go multipart"
+        ),
         "parallelism": Param(4, type="integer", minimum=1, maximum=64),
         "bandwidth_limit_mib_s": Param(0, type="number", minimum=0, description="0: unlimited"),
     },
@@ -66,6 +69,7 @@ with DAG(
         local_path="{{ ti.xcom_pull(task_ids='make_source') }}",
         volume_path="{{ params.volume_dir }}/{{ ds }}/source.bin",
         part_size_bytes="{{ params.part_size_mib * 1048576 }}",
+        multipart_threshold_bytes="{{ params.multipart_threshold_mib * 1048576 }}",
         parallelism="{{ params.parallelism }}",
         bandwidth_limit_bytes_per_s="{{ params.bandwidth_limit_mib_s * 1048576 }}",
     )

@@ -1,8 +1,8 @@
 """A deferrable sensor waits for files that another task lands in a Volume, then they are fetched.
 
 ``wait_for_drop`` defers to the triggerer (no worker slot held) until ``*.csv`` files appear under the
-drop folder and their sizes stop changing; ``producer`` uploads them a little later. Afterwards the
-first match is downloaded.
+drop folder and their sizes stop changing (``producer`` lands them first, standing in for an outside
+system). Afterwards the first match is downloaded.
 """
 
 from __future__ import annotations
@@ -64,5 +64,6 @@ with DAG(
         local_path="{{ params.local_dir }}/first_match.csv",
     )
 
-    producer()
-    wait_for_drop >> fetch
+    # The producer stands in for an outside system. It runs first so the DAG also completes under
+    # `airflow dags test`, which runs one task at a time and a deferred trigger inline.
+    producer() >> wait_for_drop >> fetch

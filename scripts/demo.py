@@ -38,13 +38,17 @@ def control(url: str, method: str, name: str, body: Any = None) -> Any:
 def run_dag(env: dict[str, str], dag_id: str, conf: dict[str, Any], log: Path) -> tuple[bool, str, float]:
     started = time.monotonic()
     with open(log, "w") as out:
-        proc = subprocess.run(
-            [AIRFLOW, "dags", "test", dag_id, "-c", json.dumps(conf)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
+        try:
+            proc = subprocess.run(
+                [AIRFLOW, "dags", "test", dag_id, "-c", json.dumps(conf)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+                timeout=900,
+            )
+        except subprocess.TimeoutExpired:
+            return False, log.read_text() + "\n(timed out after 900 s)", time.monotonic() - started
     text = log.read_text()
     ok = proc.returncode == 0 and "state=success" in text
     return ok, text, time.monotonic() - started

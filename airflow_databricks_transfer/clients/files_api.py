@@ -45,6 +45,25 @@ from airflow_databricks_transfer.engine.ports import PresignedUrl, UploadSession
 
 log = logging.getLogger(__name__)
 
+_URL_QUERY = re.compile(r"(https?://[^\s\"'?<>]+)\?[^\s\"'<>]*")
+
+
+class RedactUrlQueries(logging.Filter):
+    """databricks-sdk's DEBUG request dumps include response bodies that carry presigned URLs (their
+    query strings are bearer credentials). Strip every URL query from what that logger emits."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _URL_QUERY.sub(r"\1?<redacted>", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_sdk_logger = logging.getLogger("databricks.sdk")
+if not any(isinstance(f, RedactUrlQueries) for f in _sdk_logger.filters):
+    _sdk_logger.addFilter(RedactUrlQueries())
+
 FILES = "/api/2.0/fs/files"
 DIRS = "/api/2.0/fs/directories"
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}

@@ -11,9 +11,10 @@ from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
 from airflow_databricks_transfer.checkpoints import TaskCheckpointStore
+from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
 from airflow_databricks_transfer.engine.download import DownloadOptions
 from airflow_databricks_transfer.engine.errors import (
     AlreadyExistsError,
@@ -36,6 +37,9 @@ _NOT_RETRYABLE = (
     RemoteNotFoundError,
     CheckpointError,
     MultipartUnavailableError,
+    # a missing connection, or one without host or credentials (ValueError from the hook)
+    AirflowNotFoundException,
+    ValueError,
 )
 
 
@@ -127,13 +131,17 @@ class LocalFilesystemToDatabricksVolumeOperator(_FilesTransferOperator):
     :param compute_sha256: report the SHA-256 of the whole file in the result.
     """
 
-    template_fields: Sequence[str] = (*_FilesTransferOperator.template_fields, "part_size_bytes")
+    template_fields: Sequence[str] = (
+        *_FilesTransferOperator.template_fields,
+        "part_size_bytes",
+        "multipart_threshold_bytes",
+    )
 
     def __init__(
         self,
         *,
         part_size_bytes: int | str | None = None,
-        multipart_threshold_bytes: int = DEFAULT_MULTIPART_THRESHOLD_BYTES,
+        multipart_threshold_bytes: int | str = DEFAULT_MULTIPART_THRESHOLD_BYTES,
         verify_sha256: bool = False,
         compute_sha256: bool = True,
         **kwargs: Any,
@@ -159,7 +167,7 @@ class LocalFilesystemToDatabricksVolumeOperator(_FilesTransferOperator):
         options = UploadOptions(
             part_size_bytes=int(part_size) if part_size else None,
             parallelism=_int(self.parallelism, "parallelism"),
-            multipart_threshold_bytes=self.multipart_threshold_bytes,
+            multipart_threshold_bytes=_int(self.multipart_threshold_bytes, "multipart_threshold_bytes"),
             overwrite=self.overwrite,
             verify_sha256=self.verify_sha256,
             full_sha256=self.compute_sha256,
@@ -176,7 +184,7 @@ class LocalFilesystemToDatabricksVolumeOperator(_FilesTransferOperator):
         except Exception as err:
             self._fail_fast(err)
             raise
-        store.clear()
+        store.finish(UploadCheckpoint.kind, result.to_dict())
         out = result.to_dict()
         self.log.info(
             "Uploaded %s to %s: %d bytes, %d parts (%d resumed), %.1f MiB/s, sha256 %s",
@@ -256,7 +264,7 @@ class DatabricksVolumeToLocalFilesystemOperator(_FilesTransferOperator):
         except Exception as err:
             self._fail_fast(err)
             raise
-        store.clear()
+        store.finish(DownloadCheckpoint.kind, result.to_dict())
         self.log.info(
             "Downloaded %s to %s: %d bytes, %d chunks (%d resumed), %.1f MiB/s, sha256 %s",
             self.volume_path,

@@ -55,7 +55,7 @@ class MemorySink:
         self.cleared = 0
         self.on_save = on_save
 
-    def save(self, checkpoint: Any, changed_parts: frozenset[int]) -> None:
+    def save(self, checkpoint: Any, changed: frozenset[int]) -> None:
         self.latest = checkpoint
         self.saves += 1
         if self.on_save is not None:
