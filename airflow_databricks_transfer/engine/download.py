@@ -129,12 +129,17 @@ def _is_disk_full(err: OSError) -> bool:
     return err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _disk_full(path: str, needed: int) -> InsufficientSpaceError:
+def _free_bytes(path: str) -> int | None:
     try:
         st = os.statvfs(os.path.dirname(path) or ".")
-        detail = f"{st.f_bavail * st.f_frsize} bytes free, {needed} more needed"
     except OSError:
-        detail = f"{needed} more bytes needed"
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _disk_full(path: str, needed: int) -> InsufficientSpaceError:
+    free = _free_bytes(path)
+    detail = f"{free} bytes free, {needed} needed" if free is not None else f"{needed} bytes needed"
     return InsufficientSpaceError(
         f"no space left for {path} ({detail}); finished chunks are kept: free some space and retry to resume"
     )
@@ -255,17 +260,15 @@ class Downloader:
                 length,
                 opts.chunk_size_bytes,
             )
+            # Fail at once if the disk cannot hold the file. (No posix_fallocate: on tmpfs it would
+            # allocate every page serially before the first byte arrives; a disk that fills up later
+            # still ends in InsufficientSpaceError with the finished chunks kept for a resume.)
+            free = _free_bytes(cp.temp_path)
+            if free is not None and free < length:
+                raise _disk_full(cp.temp_path, length)
             fd = os.open(cp.temp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                if length and hasattr(os, "posix_fallocate"):
-                    os.posix_fallocate(fd, 0, length)  # reserve the space now: fail early on a full disk
-                else:
-                    os.ftruncate(fd, length)
-            except OSError as err:
-                self._discard(cp.temp_path)
-                if _is_disk_full(err):
-                    raise _disk_full(cp.temp_path, length) from err
-                raise
+                os.ftruncate(fd, length)
             finally:
                 os.close(fd)
             self.sink.save(cp, frozenset())
@@ -294,6 +297,7 @@ class Downloader:
         todo = [i for i in range(cp.chunk_count) if i not in cp.done_chunks]
         saver: CoalescingSaver[DownloadCheckpoint] = CoalescingSaver(self.sink.save)
         state = {"cp": cp}
+        hasher = _InOrderHasher(cp, self._stop) if opts.compute_sha256 else None
 
         def worker(next_chunk: Callable[[], int | None]) -> None:
             buf = memoryview(bytearray(opts.buffer_size_bytes))
@@ -306,6 +310,8 @@ class Downloader:
                     with self._lock:
                         state["cp"] = state["cp"].with_chunk(index)
                         saver.offer(state["cp"], index)
+                    if hasher is not None:
+                        hasher.chunk_done(index)
                     tracker.add(0, part_done=True)
             finally:
                 os.close(fd)
@@ -322,7 +328,10 @@ class Downloader:
             )
         finally:
             saver.close()
-        return self._finish(state["cp"], remote, tracker, started, resumed_chunks, resumed_bytes, restarted)
+        digest = hasher.result() if hasher is not None else None
+        return self._finish(
+            state["cp"], remote, tracker, started, resumed_chunks, resumed_bytes, restarted, digest
+        )
 
     def _fetch_chunk(
         self,
@@ -394,12 +403,12 @@ class Downloader:
         resumed_chunks: int,
         resumed_bytes: int,
         restarted: str | None,
+        digest: str | None,
     ) -> DownloadResult:
         opts = self.options
         size = os.path.getsize(cp.temp_path)
         if size != cp.length:
             raise FatalError(f"downloaded {size} bytes, expected {cp.length}")
-        digest = _sha256_file(cp.temp_path) if opts.compute_sha256 else None
         if opts.expected_sha256 is not None and digest != opts.expected_sha256.lower():
             self._discard(cp.temp_path)
             self.sink.clear()
@@ -436,10 +445,52 @@ class Downloader:
         )
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    buf = memoryview(bytearray(8 * MiB))
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(buf[:n])
-    return h.hexdigest()
+class _InOrderHasher:
+    """SHA-256 of the result, computed while it downloads: one thread reads the temp file in order,
+    each chunk as soon as it is complete (from the page cache), on the core the network leaves idle."""
+
+    def __init__(self, cp: DownloadCheckpoint, stop: threading.Event) -> None:
+        self._cp, self._stop = cp, stop
+        self._done = set(cp.done_chunks)
+        self._cond = threading.Condition()
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="download-sha256", daemon=True)
+        self._thread.start()
+
+    def chunk_done(self, index: int) -> None:
+        with self._cond:
+            self._done.add(index)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        cp = self._cp
+        h = hashlib.sha256()
+        buf = memoryview(bytearray(4 * MiB))
+        try:
+            fd = os.open(cp.temp_path, os.O_RDONLY)
+            try:
+                for index in range(cp.chunk_count):
+                    with self._cond:
+                        while index not in self._done:
+                            if self._stop.is_set():
+                                return
+                            self._cond.wait(0.2)
+                    start, end = index * cp.chunk_size, min((index + 1) * cp.chunk_size, cp.length)
+                    while start < end:
+                        n = os.preadv(fd, [buf[: min(len(buf), end - start)]], start)
+                        if n == 0:
+                            raise FatalError(f"{cp.temp_path} is shorter than expected")
+                        h.update(buf[:n])
+                        start += n
+            finally:
+                os.close(fd)
+            self._digest = h.hexdigest()
+        except BaseException as err:  # noqa: BLE001 - re-raised by result()
+            self._error = err
+
+    def result(self) -> str | None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._digest

@@ -553,6 +553,35 @@ def test_full_disk_is_a_clear_error_and_resumable(
     assert sha256_file(out) == sha256_file(files_api_emulator.local_path(path))
 
 
+def test_disk_filling_up_mid_download_keeps_finished_chunks(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tiny_disk: Path
+) -> None:
+    path = f"{VOL}/fills-the-disk.bin"
+    files_api_emulator.seed(files=[{"path": path, "size": 3 * MiB, "seed": 24}])
+    out = tiny_disk / "out.bin"
+    filler = tiny_disk / "filler"
+
+    def fill_the_disk(cp: DownloadCheckpoint) -> None:  # another program takes the space meanwhile
+        if cp.done_chunks and not filler.exists():
+            with open(filler, "wb") as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+
+    sink = MemorySink(fill_the_disk)
+    opts = down_opts(parallelism=1, chunk_size_bytes=MiB, buffer_size_bytes=MiB)
+    with pytest.raises(InsufficientSpaceError, match="finished chunks are kept"):
+        Downloader(client.download_source(path), out, opts, sink=sink).run()
+    kept = sink.latest
+    assert isinstance(kept, DownloadCheckpoint) and kept.done_chunks
+    assert Path(kept.temp_path).exists() and not out.exists()
+    filler.unlink()  # space freed: the retry continues from the finished chunks
+    sink.on_save = None
+    result = Downloader(client.download_source(path), out, opts, sink=sink).run(kept)
+    assert result.chunks_resumed == len(kept.done_chunks)
+    assert sha256_file(out) == sha256_file(files_api_emulator.local_path(path))
+
+
 # ---------------------------------------------------------------- bad input
 
 
