@@ -54,10 +54,10 @@ class FileCheckpointSink(Generic[C]):
     def save(self, checkpoint: C, changed: frozenset[int]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        # No fsync: a killed process loses nothing (the page cache survives it), and after an OS crash
+        # an older or unreadable checkpoint is only a hint that is verified, or discarded, on load.
         with open(tmp, "w") as f:
             f.write(checkpoint.to_json())
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
     def clear(self) -> None:
