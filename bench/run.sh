@@ -1,5 +1,30 @@
 #!/usr/bin/env bash
-# Emulator throughput bench; extra args go to bench/emulator_bench.py (see --help).
+# Benchmarks (see bench/README.md):
+#   bench/run.sh                      both benches in sequence, default settings
+#   bench/run.sh emulator [args]      bench/emulator_bench.py: the emulator vs the loopback ceiling
+#   bench/run.sh transfer [args]      bench/transfer_bench.py: the hook vs databricks-sdk FilesExt
+# Extra args go to the chosen script (each has --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/python bench/emulator_bench.py "$@"
+py=.venv/bin/python
+case "${1:-}" in
+    "")
+        "$py" bench/emulator_bench.py
+        exec "$py" bench/transfer_bench.py
+        ;;
+    emulator)
+        shift
+        exec "$py" bench/emulator_bench.py "$@"
+        ;;
+    transfer)
+        shift
+        exec "$py" bench/transfer_bench.py "$@"
+        ;;
+    -h | --help | help)
+        sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+        ;;
+    *)
+        echo "usage: bench/run.sh [emulator|transfer] [args...]  (bench/run.sh --help)" >&2
+        exit 2
+        ;;
+esac
