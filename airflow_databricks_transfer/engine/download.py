@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, RemoteVersion
 from airflow_databricks_transfer.engine.errors import (
@@ -30,7 +30,7 @@ from airflow_databricks_transfer.engine.errors import (
     TransferError,
     UrlExpiredError,
 )
-from airflow_databricks_transfer.engine.ports import DownloadSource
+from airflow_databricks_transfer.engine.ports import DownloadCheckpointSink, DownloadSource, NullSink
 from airflow_databricks_transfer.engine.progress import BandwidthLimiter, ProgressTracker, Subscriber
 from airflow_databricks_transfer.engine.retry import Cancelled, RecoveryBudget, RetryPolicy, call_with_retry
 from airflow_databricks_transfer.engine.saver import CoalescingSaver
@@ -106,20 +106,6 @@ class DownloadResult:
         }
 
 
-class DownloadCheckpointSink(Protocol):
-    def save(self, checkpoint: DownloadCheckpoint, changed: frozenset[int]) -> None: ...
-
-    def clear(self) -> None: ...
-
-
-class _NullSink:
-    def save(self, checkpoint: DownloadCheckpoint, changed: frozenset[int]) -> None:
-        pass
-
-    def clear(self) -> None:
-        pass
-
-
 def temp_path_for(destination: str) -> str:
     head, tail = os.path.split(os.path.abspath(destination))
     return os.path.join(head, f".{tail}.adt-partial")
@@ -160,7 +146,7 @@ class Downloader:
         self.source = source
         self.destination = os.path.abspath(os.fspath(destination))
         self.options = options or DownloadOptions()
-        self.sink: DownloadCheckpointSink = sink or _NullSink()
+        self.sink: DownloadCheckpointSink = sink or NullSink()
         self.subscribers = subscribers or []
         self._cancelled = False
         self._stop = threading.Event()  # per run: set by cancel() or by a failing worker

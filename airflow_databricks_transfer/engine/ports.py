@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from airflow_databricks_transfer.engine.checkpoint import RemoteVersion, UploadCheckpoint
+from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, RemoteVersion, UploadCheckpoint
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,28 @@ class DownloadSource(Protocol):
 
 
 class UploadCheckpointSink(Protocol):
-    """Where checkpoints go (the Airflow task state store, a local state dir, memory in tests)."""
+    """Where checkpoints go (the Airflow task state store, a local state dir, memory in tests).
+
+    ``changed`` names what changed since the last save: segment numbers for uploads, chunk numbers
+    for downloads (a sink may rewrite only those).
+    """
 
     def save(self, checkpoint: UploadCheckpoint, changed: frozenset[int]) -> None: ...
 
     def clear(self) -> None: ...
+
+
+class DownloadCheckpointSink(Protocol):
+    def save(self, checkpoint: DownloadCheckpoint, changed: frozenset[int]) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+class NullSink:
+    """Keeps nothing: a transfer without resume."""
+
+    def save(self, checkpoint: object, changed: frozenset[int]) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass

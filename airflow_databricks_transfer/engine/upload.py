@@ -39,7 +39,12 @@ from airflow_databricks_transfer.engine.planning import (
     UploadPlan,
     plan_upload,
 )
-from airflow_databricks_transfer.engine.ports import PresignedUrl, UploadCheckpointSink, UploadTarget
+from airflow_databricks_transfer.engine.ports import (
+    NullSink,
+    PresignedUrl,
+    UploadCheckpointSink,
+    UploadTarget,
+)
 from airflow_databricks_transfer.engine.progress import BandwidthLimiter, ProgressTracker, Subscriber
 from airflow_databricks_transfer.engine.retry import Cancelled, RecoveryBudget, RetryPolicy, call_with_retry
 from airflow_databricks_transfer.engine.saver import CoalescingSaver
@@ -118,14 +123,6 @@ class UploadResult:
         }
 
 
-class _NullSink:
-    def save(self, checkpoint: UploadCheckpoint, changed: frozenset[int]) -> None:
-        pass
-
-    def clear(self) -> None:
-        pass
-
-
 def read_exact(fd: int, buf: memoryview, offset: int) -> None:
     """Fill ``buf`` from ``fd`` at ``offset``; a short read means the file shrank under us."""
     done = 0
@@ -185,7 +182,7 @@ class Uploader:
         self.target = target
         self.source_path = os.fspath(source_path)
         self.options = options or UploadOptions()
-        self.sink: UploadCheckpointSink = sink or _NullSink()
+        self.sink: UploadCheckpointSink = sink or NullSink()
         self.subscribers = subscribers or []
         self._cancelled = False
         self._stop = threading.Event()  # per run: set by cancel() or by a failing worker

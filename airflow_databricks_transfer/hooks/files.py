@@ -20,14 +20,9 @@ from databricks.sdk.core import Config
 
 from airflow_databricks_transfer.clients.files_api import FileInfo, FilesApiClient
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
-from airflow_databricks_transfer.engine.download import (
-    DownloadCheckpointSink,
-    Downloader,
-    DownloadOptions,
-    DownloadResult,
-)
+from airflow_databricks_transfer.engine.download import Downloader, DownloadOptions, DownloadResult
 from airflow_databricks_transfer.engine.errors import RemoteNotFoundError
-from airflow_databricks_transfer.engine.ports import UploadCheckpointSink
+from airflow_databricks_transfer.engine.ports import DownloadCheckpointSink, UploadCheckpointSink
 from airflow_databricks_transfer.engine.progress import Subscriber, log_progress
 from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions, UploadResult
 
