@@ -357,6 +357,7 @@ def run_worker(ctx: Ctx, spec: dict[str, Any], env: dict[str, str], log_name: st
         assert proc.stdin is not None
         proc.stdin.write(b"go\n")
         proc.stdin.flush()
+        deadline = time.monotonic() + args.worker_timeout_s  # the waits above do not count
         res = _read_mark(proc, "RESULT", deadline, log)
         srv1, (busy1, steal1), k1 = proc_cpu_s(ctx.emu.pid), busy_cpu_s(), kthreads_cpu_s()
         proc.wait(30)
