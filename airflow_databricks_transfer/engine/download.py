@@ -47,7 +47,9 @@ MAX_URL_REFRESHES = 3
 class DownloadOptions:
     chunk_size_bytes: int = 32 * MiB
     parallelism: int = 4
-    buffer_size_bytes: int = 4 * MiB
+    # 256 KiB writes: 4 workers writing 4 MiB pieces into one ext4 file spin on its inode lock
+    # (measured through the hook to ext4: 4 MiB 486 MiB/s, 256 KiB 1583 MiB/s)
+    buffer_size_bytes: int = 256 * 1024
     overwrite: bool = True
     compute_sha256: bool = True
     expected_sha256: str | None = None
