@@ -67,6 +67,21 @@ def upload_checkpoint(stack: AirflowStack, run_id: str) -> UploadCheckpoint | No
     return UploadCheckpoint.from_records(head, segments)
 
 
+def start_upload_until_half(
+    stack: AirflowStack, tmp_path: Path, seed: int
+) -> tuple[Path, str, str, UploadCheckpoint]:
+    """Trigger a paced 1 GiB upload and return once its checkpoint shows half the parts done."""
+    src = make_file(tmp_path / "big.bin", SIZE, seed=seed)
+    dest = f"{VOL}/resume/{uuid.uuid4().hex}.bin"
+    run_id = stack.trigger("resume_upload", {"source": str(src), "volume_path": dest, "bandwidth_mib_s": 60})
+
+    def half_done() -> UploadCheckpoint | None:
+        cp = upload_checkpoint(stack, run_id)
+        return cp if cp is not None and len(cp.parts) >= cp.part_count // 2 else None
+
+    return src, dest, run_id, wait_for(half_done, 180, "the upload checkpoint to reach 50%")
+
+
 def kill_task_process(stack: AirflowStack, dag_id: str, run_id: str, task_id: str) -> int:
     ti = stack.task_instance(dag_id, run_id, task_id)
     pid = int(ti["pid"])
@@ -104,15 +119,7 @@ def test_killed_upload_resumes_on_retry_and_a_clear_starts_over(
     local_stack: AirflowStack, emulator: FilesApiEmulator, tmp_path: Path
 ) -> None:
     stack, emu = local_stack, emulator
-    src = make_file(tmp_path / "big.bin", SIZE, seed=41)
-    dest = f"{VOL}/resume/{uuid.uuid4().hex}.bin"
-    run_id = stack.trigger("resume_upload", {"source": str(src), "volume_path": dest, "bandwidth_mib_s": 60})
-
-    def half_done() -> UploadCheckpoint | None:
-        cp = upload_checkpoint(stack, run_id)
-        return cp if cp is not None and len(cp.parts) >= cp.part_count // 2 else None
-
-    at_kill = wait_for(half_done, 180, "the upload checkpoint to reach 50%")
+    src, dest, run_id, at_kill = start_upload_until_half(stack, tmp_path, seed=41)
     progress = stack.xcom("resume_upload", run_id, "upload", "checkpoint")
     assert progress["percent"] >= 25 and "session_token" not in progress  # the UI mirror
     kill_task_process(stack, "resume_upload", run_id, "upload")
@@ -232,15 +239,7 @@ def test_celery_worker_killed_whole_and_the_retry_resumes_on_the_other_worker(
     celery_stack: AirflowStack, emulator: FilesApiEmulator, tmp_path: Path
 ) -> None:
     stack, emu = celery_stack, emulator
-    src = make_file(tmp_path / "big.bin", SIZE, seed=43)
-    dest = f"{VOL}/resume/{uuid.uuid4().hex}-celery.bin"
-    run_id = stack.trigger("resume_upload", {"source": str(src), "volume_path": dest, "bandwidth_mib_s": 60})
-
-    def half_done() -> UploadCheckpoint | None:
-        cp = upload_checkpoint(stack, run_id)
-        return cp if cp is not None and len(cp.parts) >= cp.part_count // 2 else None
-
-    at_kill = wait_for(half_done, 180, "the upload checkpoint to reach 50%")
+    src, dest, run_id, at_kill = start_upload_until_half(stack, tmp_path, seed=43)
     pid = int(stack.task_instance("resume_upload", run_id, "upload")["pid"])
     first = _worker_of(stack, pid)
     assert first in ("w1", "w2"), f"task process {pid} is not under a Celery worker"
