@@ -279,7 +279,7 @@ def print_summary(
             f"{len(one['accepted_parts'])} parts try 1 delivered ({story['resent_bytes']} bytes again)"
         )
     for problem in story["problems"]:
-        print(f"NOT SHOWN     {problem}")
+        print(f"CHECK FAILED  {problem}")
     if roundtrip:
         down = f"down at {download['mib_per_s']} MiB/s" if download else "down"
         print(

@@ -57,7 +57,7 @@ def test_demo_succeeds_and_prints_the_resumed_retry(
 ) -> None:
     proc, summary = demo
     assert proc.returncode == 0, proc.stdout[-4000:]
-    assert "NOT SHOWN" not in proc.stdout
+    assert "CHECK FAILED" not in proc.stdout
     assert summary["upload"]["problems"] == []
     assert all(d["ok"] for d in summary["dags"].values())
     lines = proc.stdout.splitlines()
