@@ -154,6 +154,20 @@ def xcom(db: Path, dag_id: str, task_id: str) -> Any:
     return json.loads(rows[0][0]) if rows else None
 
 
+def first_try_error(log_text: str, task_id: str) -> str | None:
+    """The exception that ended a task's first try, as its traceback's last line in the ``dags test`` log."""
+    block = re.search(
+        rf"\[DAG TEST\] starting task_id={task_id} .*?\[DAG TEST\] end task task_id={task_id} ",
+        log_text,
+        re.S,
+    )
+    raised = re.findall(r"^(?:[\w.]+\.)?(\w+): (.+)$", block.group(0) if block else "", re.M)
+    errors = [
+        f"{name}: {msg.strip()}" for name, msg in raised if name.endswith(("Error", "Exceeded", "Exception"))
+    ]
+    return errors[-1] if errors else None
+
+
 def part_puts(log: list[dict[str, Any]], path: str, after: int, upto: int | None) -> dict[str, Any]:
     """Part PUTs to ``path`` with ``after < seq <= upto``: which parts the emulator accepted, bytes in."""
     sel = [
@@ -194,12 +208,12 @@ def resume_story(url: str, db: Path, outage: Outage, log_text: str) -> dict[str,
     delivered = set(try1["accepted_parts"])
     again = [r for r in log if r["route"] == "presigned.part" and r["path"] == path]
     again = [r for r in again if r["seq"] > outage.last_seq_of_try1 and r["part_number"] in delivered]
-    error = re.search(r"RetryBudgetExceeded: ([^\n]*)", log_text)
+    error = first_try_error(log_text, "upload")
     story.update(
         {
             "try1": try1,
             "try2": try2,
-            "try1_error": error.group(1).strip() if error else None,
+            "try1_error": error,
             "resent_parts": sorted({r["part_number"] for r in again}),
             "resent_bytes": sum(r["bytes_in"] for r in again),
         }
@@ -260,7 +274,7 @@ def print_summary(
         t = {x["try_number"]: x for x in story["tries"]}
         seen = story["try1_seen"][1] if story["try1_seen"] else "?"
         took = seconds(t, 1, "start", 1, "end")
-        print(f"upload try 1  {seen} after {took}: RetryBudgetExceeded: {story['try1_error']}")
+        print(f"upload try 1  {seen} after {took}: {story['try1_error'] or 'no exception in the log'}")
         print(
             f"              the emulator had accepted {len(one['accepted_parts'])} of {up['parts']} parts "
             f"({mib(one['accepted_bytes'])}) when it died, and refused {one['refused']} part PUTs "
