@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -119,17 +120,20 @@ def run_dag(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        while proc.poll() is None:
-            seen = task_state(db, dag_id, "upload") if outage is not None and outage.active else None
-            if outage is not None and seen is not None and seen[1] == "up_for_retry":
-                outage.end(seen)
-            if time.monotonic() - started > RUN_TIMEOUT_S:
-                os.killpg(proc.pid, 9)
+        try:
+            while proc.poll() is None:
+                seen = task_state(db, dag_id, "upload") if outage is not None and outage.active else None
+                if outage is not None and seen is not None and seen[1] == "up_for_retry":
+                    outage.end(seen)
+                if time.monotonic() - started > RUN_TIMEOUT_S:
+                    break
+                time.sleep(0.1)
+        finally:  # a hung run, or Ctrl-C here: the run has its own session, so stop it whole
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 with open(log, "a") as tail:
-                    tail.write(f"\n(killed after {RUN_TIMEOUT_S} s)\n")
-                break
-            time.sleep(0.1)
+                    tail.write(f"\n(killed after {time.monotonic() - started:.0f} s)\n")
     text = log.read_text()
     ok = proc.returncode == 0 and "state=success" in text
     return ok, text, time.monotonic() - started
@@ -322,6 +326,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, emulator root)")
     ap.add_argument("--summary-json", type=Path, help="also write the numbers shown to this file")
     args = ap.parse_args()
+    # ``kill`` as well as Ctrl-C unwinds through the clean-ups: the DAG run, the emulator, the work folder
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.size_mib < 32:
         ap.error("--size-mib must be at least 32, so the upload has parts to resume")
     after_parts = args.outage_after_parts or max(1, args.size_mib // 16 // 2)
