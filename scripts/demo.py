@@ -1,29 +1,41 @@
-"""Main job: run the example DAGs against the local Files API emulator, offline, and summarise them.
+"""Main job: run the example DAGs against the local Files API emulator, offline, and show a retry resume.
 
-1. Starts the emulator as its own process (with the volume ``main.default.landing``) and injects a few
-   faults through its control plane: a throttled part (503 + Retry-After) and a download cut mid-body.
-2. Points ``databricks_default`` at it with an ``AIRFLOW_CONN_*`` variable, in a throwaway AIRFLOW_HOME.
-3. Runs ``airflow dags test`` for ``databricks_volume_roundtrip`` (upload, download, verify) and
-   ``databricks_volume_sensor`` (deferrable sensor + producer), then prints what moved and how fast.
+1. Starts the emulator as its own process (with the volume ``main.default.landing``) and, through its
+   control plane, plans an outage: from the upload's part ``N + 1`` on, every part PUT is answered
+   503 (Retry-After: 1 s), so the upload's first try spends its in-try retries and dies mid-way with
+   RetryBudgetExceeded, keeping its checkpoint. The outage ends once Airflow has marked that try
+   ``up_for_retry`` (the script watches the metadata DB). A download chunk is also cut mid-body once.
+2. Points ``databricks_default`` at the emulator with an ``AIRFLOW_CONN_*`` variable, in a throwaway
+   AIRFLOW_HOME, and runs ``airflow dags test`` for ``databricks_volume_roundtrip`` (upload, download,
+   verify; ``dags test`` honours ``retries`` and ``retry_delay``) and ``databricks_volume_sensor``.
+3. Prints what each try did. Every number comes from the emulator's request log (which part PUTs it
+   accepted, refused, or got again) or from Airflow's metadata DB (task tries, the upload's XCom
+   result); none is computed from what the demo expects. ``--summary-json`` writes them for tests.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import re
+import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+ROUNDTRIP = "databricks_volume_roundtrip"
+SENSOR = "databricks_volume_sensor"
+MiB = 1024 * 1024
+RUN_TIMEOUT_S = 900
 
 
 def control(url: str, method: str, name: str, body: Any = None) -> Any:
@@ -31,34 +43,294 @@ def control(url: str, method: str, name: str, body: Any = None) -> Any:
     req = urllib.request.Request(
         f"{url}/_emulator/{name}", data=data, method=method, headers={"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=30) as resp:
         return json.load(resp)
 
 
-def run_dag(env: dict[str, str], dag_id: str, conf: dict[str, Any], log: Path) -> tuple[bool, str, float]:
+def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Read Airflow's metadata DB read-only, so the running ``dags test`` is never disturbed."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def task_state(db: Path, dag_id: str, task_id: str) -> tuple[int, str] | None:
+    """(try_number, state) of a task instance, or None while there is none to read."""
+    try:
+        rows = query(
+            db,
+            "SELECT try_number, state FROM task_instance WHERE dag_id = ? AND task_id = ?",
+            dag_id,
+            task_id,
+        )
+    except sqlite3.Error:  # not created yet, or busy for a moment
+        return None
+    return (int(rows[0][0]), str(rows[0][1])) if rows else None
+
+
+class Outage:
+    """Part PUTs fail from the ``after_parts + 1``-th on, until ``end`` (called once the try gave up)."""
+
+    def __init__(self, url: str, after_parts: int) -> None:
+        self.url = url
+        rule = {
+            "route": "presigned.part",
+            "nth": after_parts + 1,
+            "times": None,
+            "status": 503,
+            "retry_after_s": 1,
+            "error_code": "ServiceUnavailable",
+            "message": "demo outage",
+        }
+        self.rule_id: str = control(url, "POST", "faults", rule)["ids"][0]
+        self.refused: int | None = None
+        self.last_seq_of_try1: int | None = None
+        self.seen: tuple[int, str] | None = None  # the upload's (try_number, state) when the outage ended
+
+    @property
+    def active(self) -> bool:
+        return self.refused is None
+
+    def end(self, seen: tuple[int, str]) -> None:
+        self.seen = seen
+        rules = control(self.url, "GET", "faults")["faults"]
+        self.refused = next(r["fired"] for r in rules if r["id"] == self.rule_id)
+        control(self.url, "DELETE", f"faults/{self.rule_id}")
+        # every request of the failed try was answered before Airflow could mark it up_for_retry
+        self.last_seq_of_try1 = max((r["seq"] for r in requests_log(self.url)), default=0)
+
+
+def requests_log(url: str) -> list[dict[str, Any]]:
+    return list(control(url, "GET", "requests")["requests"])
+
+
+def run_dag(
+    env: dict[str, str], dag_id: str, conf: dict[str, Any], log: Path, outage: Outage | None = None
+) -> tuple[bool, str, float]:
+    """``airflow dags test``; meanwhile end ``outage`` as soon as the upload's try is up for retry."""
+    db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
     started = time.monotonic()
     with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [AIRFLOW, "dags", "test", dag_id, "-c", json.dumps(conf)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
-            proc = subprocess.run(
-                [AIRFLOW, "dags", "test", dag_id, "-c", json.dumps(conf)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=False,
-                timeout=900,
-            )
-        except subprocess.TimeoutExpired:
-            return False, log.read_text() + "\n(timed out after 900 s)", time.monotonic() - started
+            while proc.poll() is None:
+                seen = task_state(db, dag_id, "upload") if outage is not None and outage.active else None
+                if outage is not None and seen is not None and seen[1] == "up_for_retry":
+                    outage.end(seen)
+                if time.monotonic() - started > RUN_TIMEOUT_S:
+                    break
+                time.sleep(0.1)
+        finally:  # a hung run, or Ctrl-C here: the run has its own session, so stop it whole
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                with open(log, "a") as tail:
+                    tail.write(f"\n(killed after {time.monotonic() - started:.0f} s)\n")
     text = log.read_text()
     ok = proc.returncode == 0 and "state=success" in text
     return ok, text, time.monotonic() - started
 
 
+def tries(db: Path, dag_id: str, task_id: str) -> list[dict[str, Any]]:
+    """Every try of a task instance, from Airflow's history table plus the current row."""
+    cols = "try_number, state, start_date, end_date"
+    where = "WHERE dag_id = ? AND task_id = ?"
+    rows = query(db, f"SELECT {cols} FROM task_instance_history {where} ORDER BY try_number", dag_id, task_id)
+    rows += query(db, f"SELECT {cols} FROM task_instance {where}", dag_id, task_id)
+    return [{"try_number": r[0], "state": r[1], "start": r[2], "end": r[3]} for r in rows]
+
+
+def xcom(db: Path, dag_id: str, task_id: str) -> Any:
+    rows = query(
+        db,
+        "SELECT value FROM xcom WHERE dag_id = ? AND task_id = ? AND key = 'return_value'",
+        dag_id,
+        task_id,
+    )
+    return json.loads(rows[0][0]) if rows else None
+
+
+def first_try_error(log_text: str, task_id: str) -> str | None:
+    """The exception that ended a task's first try, as its traceback's last line in the ``dags test`` log."""
+    block = re.search(
+        rf"\[DAG TEST\] starting task_id={task_id} .*?\[DAG TEST\] end task task_id={task_id} ",
+        log_text,
+        re.S,
+    )
+    raised = re.findall(r"^(?:[\w.]+\.)?(\w+): (.+)$", block.group(0) if block else "", re.M)
+    errors = [
+        f"{name}: {msg.strip()}" for name, msg in raised if name.endswith(("Error", "Exceeded", "Exception"))
+    ]
+    return errors[-1] if errors else None
+
+
+def part_puts(log: list[dict[str, Any]], path: str, after: int, upto: int | None) -> dict[str, Any]:
+    """Part PUTs to ``path`` with ``after < seq <= upto``: which parts the emulator accepted, bytes in."""
+    sel = [
+        r
+        for r in log
+        if r["route"] == "presigned.part" and r["path"] == path and r["seq"] > after
+        if upto is None or r["seq"] <= upto
+    ]
+    ok = [r for r in sel if 200 <= r["status"] < 300]
+    return {
+        "requests": len(sel),
+        "accepted_parts": sorted(r["part_number"] for r in ok),
+        "accepted_bytes": sum(r["bytes_in"] for r in ok),
+        "refused": len(sel) - len(ok),
+        "bytes_in": sum(r["bytes_in"] for r in sel),
+    }
+
+
+def resume_story(url: str, db: Path, outage: Outage, log_text: str) -> dict[str, Any]:
+    """What each upload try did, from Airflow's DB and the emulator's log; ``problems``: claims that fail."""
+    result = xcom(db, ROUNDTRIP, "upload") or {}
+    upload_tries = tries(db, ROUNDTRIP, "upload")
+    log = requests_log(url)
+    problems = []
+    story: dict[str, Any] = {
+        "tries": upload_tries,
+        "try1_seen": outage.seen,
+        "xcom": result,
+        "outage_refused": outage.refused,
+    }
+    if outage.last_seq_of_try1 is None or not result:
+        problems.append("the upload never came up for retry, or never finished")
+        story["problems"] = problems
+        return story
+    path = result["destination"]
+    try1 = part_puts(log, path, 0, outage.last_seq_of_try1)
+    try2 = part_puts(log, path, outage.last_seq_of_try1, None)
+    delivered = set(try1["accepted_parts"])
+    again = [r for r in log if r["route"] == "presigned.part" and r["path"] == path]
+    again = [r for r in again if r["seq"] > outage.last_seq_of_try1 and r["part_number"] in delivered]
+    error = first_try_error(log_text, "upload")
+    story.update(
+        {
+            "try1": try1,
+            "try2": try2,
+            "try1_error": error,
+            "resent_parts": sorted({r["part_number"] for r in again}),
+            "resent_bytes": sum(r["bytes_in"] for r in again),
+        }
+    )
+    final = [(t["try_number"], t["state"]) for t in upload_tries][-1:]
+    if outage.seen != (1, "up_for_retry") or final != [(2, "success")]:
+        problems.append(f"expected try 1 up_for_retry, then try 2 success; saw {outage.seen}, then {final}")
+    if not delivered:
+        problems.append("try 1 got no part onto the server before it died")
+    if result.get("parts_resumed") != len(delivered):
+        problems.append(f"XCom parts_resumed={result.get('parts_resumed')}, emulator saw {len(delivered)}")
+    if result.get("bytes_resumed") != try1["accepted_bytes"]:
+        problems.append(
+            f"XCom bytes_resumed={result.get('bytes_resumed')}, emulator {try1['accepted_bytes']}"
+        )
+    if again:
+        problems.append(f"try 2 sent parts {story['resent_parts']} again")
+    accepted = try1["accepted_parts"] + try2["accepted_parts"]
+    if sorted(accepted) != list(range(1, result["parts"] + 1)):
+        problems.append(
+            f"the emulator accepted parts {sorted(accepted)}, not each of 1..{result['parts']} once"
+        )
+    if try1["accepted_bytes"] + try2["accepted_bytes"] != result["bytes"]:
+        problems.append("the bytes the emulator accepted across both tries are not the file's size")
+    story["problems"] = problems
+    return story
+
+
+def seconds(tries: dict[int, dict[str, Any]], a: int, a_key: str, b: int, c_key: str) -> str:
+    """Seconds from one try's start or end to another's, as Airflow recorded them."""
+    try:
+        delta = datetime.fromisoformat(tries[b][c_key]) - datetime.fromisoformat(tries[a][a_key])
+    except (KeyError, TypeError, ValueError):
+        return "?"
+    return f"{delta.total_seconds():.1f} s"
+
+
+def mib(n: int) -> str:
+    return f"{n / MiB:.0f} MiB"
+
+
+def print_summary(
+    story: dict[str, Any],
+    results: list[tuple[str, bool, float]],
+    roundtrip: dict[str, Any] | None,
+    download: dict[str, Any] | None,
+    cuts: int,
+    sensor_found: str | None,
+    stats: dict[str, Any],
+) -> None:
+    print()
+    print("DAG                            result   seconds")
+    for dag_id, ok, secs in results:
+        print(f"{dag_id:30} {'success' if ok else 'FAILED':8} {secs:7.1f}")
+    print()
+    if "try1" in story:
+        one, two, up = story["try1"], story["try2"], story["xcom"]
+        t = {x["try_number"]: x for x in story["tries"]}
+        seen = story["try1_seen"][1] if story["try1_seen"] else "?"
+        took = seconds(t, 1, "start", 1, "end")
+        print(f"upload try 1  {seen} after {took}: {story['try1_error'] or 'no exception in the log'}")
+        print(
+            f"              the emulator had accepted {len(one['accepted_parts'])} of {up['parts']} parts "
+            f"({mib(one['accepted_bytes'])}) when it died, and refused {one['refused']} part PUTs "
+            "(503, Retry-After: 1 s)"
+        )
+        state2 = t[2]["state"] if 2 in t else "?"
+        took, gap = seconds(t, 2, "start", 2, "end"), seconds(t, 1, "end", 2, "start")
+        print(
+            f"upload try 2  {state2} after {took}, started {gap} after try 1 ended: XCom "
+            f"parts_resumed={up['parts_resumed']} bytes_resumed={up['bytes_resumed']} "
+            f"({mib(up['bytes_resumed'])}), bytes_sent={up['bytes_sent']}"
+        )
+        got = f"{len(two['accepted_parts'])} parts ({mib(two['accepted_bytes'])})"
+        print(
+            f"              the emulator got {got} from try 2, and {len(story['resent_parts'])} of the "
+            f"{len(one['accepted_parts'])} parts try 1 delivered ({story['resent_bytes']} bytes again)"
+        )
+    for problem in story["problems"]:
+        print(f"CHECK FAILED  {problem}")
+    if roundtrip:
+        down = f"down at {download['mib_per_s']} MiB/s" if download else "down"
+        print(
+            f"roundtrip     {mib(roundtrip['bytes'])} up in {roundtrip['upload_parts']} parts, {down} "
+            f"({cuts} chunk cut mid-body by the emulator and retried within the try)"
+        )
+        print(f"              SHA-256 {roundtrip['sha256']} identical after the round trip")
+    if sensor_found:
+        print(
+            f"sensor        deferred until {sensor_found} CSV file(s) landed and stopped growing; fetched one"
+        )
+    received = sum(stats["bytes_in_by_path"].values())
+    sent = sum(stats["bytes_out_by_path"].values())
+    print(f"emulator      {stats['requests']} requests; {mib(received)} received, {mib(sent)} sent")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=512, help="size of the file the roundtrip DAG moves")
+    ap.add_argument(
+        "--outage-after-parts",
+        type=int,
+        default=None,
+        help="part PUTs the emulator accepts before the outage (default: half of the 16 MiB parts)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, emulator root)")
+    ap.add_argument("--summary-json", type=Path, help="also write the numbers shown to this file")
     args = ap.parse_args()
+    # ``kill`` as well as Ctrl-C unwinds through the clean-ups: the DAG run, the emulator, the work folder
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.size_mib < 32:
+        ap.error("--size-mib must be at least 32, so the upload has parts to resume")
+    after_parts = args.outage_after_parts or max(1, args.size_mib // 16 // 2)
 
     work = Path(tempfile.mkdtemp(prefix="adt-demo-"))
     port_file = work / "emulator.port"
@@ -88,19 +360,8 @@ def main() -> int:
                 return 1
             time.sleep(0.05)
         url = f"http://127.0.0.1:{port_file.read_text()}"
-        control(
-            url,
-            "POST",
-            "faults",
-            {
-                "faults": [
-                    {"route": "presigned.part", "part_number": 2, "status": 503, "retry_after_s": 1},
-                    {"route": "presigned.download", "nth": 3, "cut_after_bytes": 1_000_000},
-                ]
-            },
-        )
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))},
             "AIRFLOW_HOME": str(work / "airflow"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
@@ -115,6 +376,7 @@ def main() -> int:
                 }
             ),
         }
+        db = work / "airflow" / "airflow.db"
         print(f"Files API emulator on {url}; Airflow home {work / 'airflow'}")
         subprocess.run(
             [AIRFLOW, "db", "migrate"],
@@ -123,43 +385,40 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        results = []
-        ok1, text1, s1 = run_dag(
-            env, "databricks_volume_roundtrip", {"size_mib": args.size_mib}, work / "roundtrip.log"
+        outage = Outage(url, after_parts)
+        cut_id = control(
+            url, "POST", "faults", {"route": "presigned.download", "nth": 2, "cut_after_bytes": 10**6}
         )
-        summary = re.search(r"ROUNDTRIP SUMMARY (\{.*?\})", text1)
-        results.append(("databricks_volume_roundtrip", ok1, s1))
-        ok2, text2, s2 = run_dag(env, "databricks_volume_sensor", {"delay_s": 2}, work / "sensor.log")
-        found = re.search(r"Found (\d+) file\(s\)", text2)
-        results.append(("databricks_volume_sensor", ok2, s2))
-        stats = control(url, "GET", "stats")
-        retries = len(re.findall(r": retry \d+ in", text1))
-
-        print()
-        print("DAG                            result   seconds")
-        for dag_id, ok, secs in results:
-            print(f"{dag_id:30} {'success' if ok else 'FAILED':8} {secs:7.1f}")
-        print()
-        if summary:
-            s = ast.literal_eval(summary.group(1))
-            print(
-                f"roundtrip   {s['bytes'] / 2**20:.0f} MiB up at {s['upload_mib_s']} MiB/s in "
-                f"{s['upload_parts']} parts ({s['upload_parts_resumed']} resumed), down at "
-                f"{s['download_mib_s']} MiB/s ({s['download_chunks_resumed']} chunks resumed)"
-            )
-            print(f"            SHA-256 {s['sha256']} identical after the round trip")
         print(
-            f"faults      {retries} transient failure(s) injected by the emulator were retried "
-            "(a throttled part, a download cut mid-body)"
+            f"Planned outage: after {after_parts} part PUT(s) the emulator answers every part PUT with 503 "
+            "until Airflow has marked the upload's try up_for_retry; one download chunk is cut mid-body"
         )
-        if found:
-            n = found.group(1)
-            print(f"sensor      deferred until {n} CSV file(s) landed and stopped growing, then fetched one")
-        received = sum(stats["bytes_in_by_path"].values()) / 2**20
-        sent = sum(stats["bytes_out_by_path"].values()) / 2**20
-        print(f"emulator    {stats['requests']} requests; {received:.0f} MiB received, {sent:.0f} MiB sent")
-        if not (ok1 and ok2):
+        results = []
+        ok1, text1, s1 = run_dag(env, ROUNDTRIP, {"size_mib": args.size_mib}, work / "roundtrip.log", outage)
+        results.append((ROUNDTRIP, ok1, s1))
+        story = resume_story(url, db, outage, text1)
+        log = requests_log(url)
+        cuts = sum(1 for r in log if r["fault"] == cut_id["ids"][0] and r["dropped"])
+        ok2, text2, s2 = run_dag(env, SENSOR, {"delay_s": 2}, work / "sensor.log")
+        results.append((SENSOR, ok2, s2))
+        found = re.search(r"Found (\d+) file\(s\)", text2)
+        stats = control(url, "GET", "stats")
+        roundtrip = xcom(db, ROUNDTRIP, "verify")
+        download = xcom(db, ROUNDTRIP, "download")
+        print_summary(story, results, roundtrip, download, cuts, found.group(1) if found else None, stats)
+        if args.summary_json:
+            summary = {
+                "dags": {d: {"ok": ok, "seconds": round(s, 1)} for d, ok, s in results},
+                "upload": story,
+                "roundtrip": roundtrip,
+                "download": download,
+                "download_cuts": cuts,
+                "emulator": stats,
+            }
+            args.summary_json.write_text(json.dumps(summary, indent=2, default=str))
+        if not (ok1 and ok2) or story["problems"]:
             print(f"logs in {work}")
+            args.keep = True
             return 1
         return 0
     finally:

@@ -1234,6 +1234,19 @@ def test_fault_matches_path_glob_and_part_number(emu: FilesApiEmulator, api: Api
     assert api.put_part(api.part_url(path, token, 2), payload(MIN_PART)).status_code == 200
 
 
+def test_throttling_fault_on_a_presigned_part_carries_retry_after(emu: FilesApiEmulator, api: Api) -> None:
+    """A rule's Retry-After reaches data-plane clients too, so a client's wait can follow the server's."""
+    path = f"{VOL}/throttled-part.bin"
+    token = api.initiate(path)
+    emu.add_fault(route="presigned.part", part_number=1, status=503, retry_after_s=2)
+    refused = api.put_part(api.part_url(path, token, 1), payload(MIN_PART))
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "2"
+    assert "<Code>InternalError</Code>" in refused.text
+    accepted = api.put_part(api.part_url(path, token, 1), payload(MIN_PART))
+    assert accepted.status_code == 200 and "Retry-After" not in accepted.headers
+
+
 def test_cut_after_bytes_on_a_part_put(emu: FilesApiEmulator, api: Api) -> None:
     path = f"{VOL}/cut.bin"
     token = api.initiate(path)

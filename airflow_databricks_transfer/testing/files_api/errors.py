@@ -63,10 +63,11 @@ def already_exists(path: str) -> ApiError:
 class PresignedError(Exception):
     """A cloud-storage style XML error on a presigned URL (S3, Azure or GCS flavour)."""
 
-    def __init__(self, status: int, xml: str) -> None:
+    def __init__(self, status: int, xml: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(xml)
         self.status = status
         self.xml = xml
+        self.retry_after_s = retry_after_s
 
 
 def expired_error(cloud: str) -> PresignedError:
@@ -100,9 +101,12 @@ def signature_error() -> PresignedError:
     )
 
 
-def presigned_xml(status: int, code: str, message: str) -> PresignedError:
+def presigned_xml(
+    status: int, code: str, message: str, *, retry_after_s: float | None = None
+) -> PresignedError:
     return PresignedError(
         status,
         f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
         f"<Message>{message}</Message></Error>",
+        retry_after_s=retry_after_s,
     )

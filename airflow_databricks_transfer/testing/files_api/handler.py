@@ -184,7 +184,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         except ApiError as err:
             self._send_api_error(err)
         except PresignedError as err:
-            self._send_xml(err.status, err.xml)
+            self._send_xml(err.status, err.xml, err.retry_after_s)
         except (ConnectionError, TimeoutError, OSError) as err:
             if isinstance(err, OSError) and err.errno == 28:  # ENOSPC
                 self._send_api_error(ApiError(507, "RESOURCE_EXHAUSTED", "Emulator storage is full."))
@@ -240,10 +240,14 @@ class FilesApiHandler(BaseHTTPRequestHandler):
     def _fault_error(self, fault: FaultRule) -> ApiError | PresignedError:
         assert fault.status is not None
         if self.route.startswith("presigned."):
+            # a rule's Retry-After goes out on the data plane too (a storage front end or proxy's 503)
             if fault.body is not None:
-                return PresignedError(fault.status, fault.body)
+                return PresignedError(fault.status, fault.body, retry_after_s=fault.retry_after_s)
             return presigned_xml(
-                fault.status, fault.error_code or "InternalError", fault.message or "injected"
+                fault.status,
+                fault.error_code or "InternalError",
+                fault.message or "injected",
+                retry_after_s=fault.retry_after_s,
             )
         code = fault.error_code or {
             429: "REQUEST_LIMIT_EXCEEDED",
@@ -306,17 +310,19 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         self._finish_request_body()
         self._start(status, extra or {}, 0, reason)
 
+    @staticmethod
+    def _retry_after_header(retry_after_s: float | None) -> dict[str, str]:
+        return {} if retry_after_s is None else {"Retry-After": str(max(0, round(retry_after_s)))}
+
     def _send_api_error(self, err: ApiError) -> None:
-        extra = {}
-        if err.retry_after_s is not None:
-            extra["Retry-After"] = str(max(0, round(err.retry_after_s)))
+        extra = self._retry_after_header(err.retry_after_s)
         if self.method == "HEAD":
             self._send_empty(err.status, extra)
             return
         self._send_bytes(err.status, json.dumps(err.body()).encode(), "application/json", extra)
 
-    def _send_xml(self, status: int, xml: str) -> None:
-        self._send_bytes(status, xml.encode(), "application/xml")
+    def _send_xml(self, status: int, xml: str, retry_after_s: float | None = None) -> None:
+        self._send_bytes(status, xml.encode(), "application/xml", self._retry_after_header(retry_after_s))
 
     # ------------------------------------------------------------------ request bodies
     def _request_body_length(self) -> int | None:

@@ -1,0 +1,87 @@
+"""``make demo``'s script, run as a user runs it: its upload's first try dies and the Airflow retry resumes.
+
+One run of ``scripts/demo.py`` (64 MiB: four 16 MiB parts, the outage after any two), then its printed
+summary and the numbers behind it (``--summary-json``) are checked against the claims the demo makes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.airflow
+
+MiB = 1024 * 1024
+SIZE_MIB = 64
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    out = tmp_path_factory.mktemp("demo") / "summary.json"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "demo.py"),
+            "--size-mib",
+            str(SIZE_MIB),
+            "--summary-json",
+            str(out),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    assert out.exists(), (
+        f"no summary written (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    )
+    return proc, json.loads(out.read_text())
+
+
+def test_demo_succeeds_and_prints_the_resumed_retry(
+    demo: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+) -> None:
+    proc, summary = demo
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "CHECK FAILED" not in proc.stdout
+    assert summary["upload"]["problems"] == []
+    assert all(d["ok"] for d in summary["dags"].values())
+    lines = proc.stdout.splitlines()
+    try1 = next(line for line in lines if line.startswith("upload try 1"))
+    try2 = next(line for line in lines if line.startswith("upload try 2"))
+    assert "up_for_retry" in try1 and "RetryBudgetExceeded: gave up after" in try1
+    assert "success" in try2 and "parts_resumed=2 " in try2 and f"bytes_resumed={32 * MiB} " in try2
+    assert "and 0 of the 2 parts try 1 delivered (0 bytes again)" in proc.stdout
+
+
+def test_first_try_died_mid_way_and_the_retry_sent_only_the_rest(
+    demo: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+) -> None:
+    upload = demo[1]["upload"]
+    assert upload["try1_seen"] == [1, "up_for_retry"]
+    assert [t["try_number"] for t in upload["tries"]] == [1, 2] and upload["tries"][-1]["state"] == "success"
+    one, two = upload["try1"], upload["try2"]
+    # the emulator accepted two parts before the outage, refused every later PUT of the first try ...
+    assert len(one["accepted_parts"]) == 2 and one["accepted_bytes"] == 32 * MiB
+    assert one["refused"] >= 8 and upload["outage_refused"] == one["refused"]
+    # ... and got only the other two from the retry, which resumed the first two from its checkpoint
+    assert sorted(one["accepted_parts"] + two["accepted_parts"]) == [1, 2, 3, 4] and two["refused"] == 0
+    assert upload["resent_parts"] == [] and upload["resent_bytes"] == 0
+    xcom = upload["xcom"]
+    assert (xcom["parts"], xcom["parts_resumed"], xcom["bytes_resumed"]) == (4, 2, 32 * MiB)
+    assert xcom["bytes_sent"] == SIZE_MIB * MiB - 32 * MiB
+    assert demo[1]["roundtrip"]["sha256"] == xcom["sha256"]
