@@ -47,6 +47,15 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_databricks_transfer.triggers.files"],
             }
         ],
+        # Volume paths as Airflow assets / OpenLineage datasets (hook lineage): see lineage.py
+        "asset-uris": [
+            {
+                "schemes": ["dbfs"],
+                "handler": "airflow_databricks_transfer.lineage.sanitize_uri",
+                "factory": "airflow_databricks_transfer.lineage.create_asset",
+                "to_openlineage_converter": "airflow_databricks_transfer.lineage.asset_to_openlineage",
+            }
+        ],
         "connection-types": [
             {
                 # the standard Databricks connection type, so existing connections work unchanged

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine with only Python 3.10+ (and later Node/npm): a virtualenv with
-# this package and its test tools, plus databricks-sdk 0.162.0 side-installed for the protocol tests.
+# this package and its test tools, plus databricks-sdk 0.156.0 and 0.162.0 side-installed for the protocol tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -12,11 +12,11 @@ fi
 if [ ! -x .venv/bin/uv ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check uv
 fi
-# The main environment resolves databricks-sdk within pyproject's range; on an index without
-# certifi>=2026.10.19 that is 0.156.x (older protocol: GCP resumable, presigned abort).
+# The main environment resolves databricks-sdk within pyproject's range: 0.162.0 on today's index,
+# which has the certifi>=2026.10.19 that 0.157+ need (only an index without it settles on 0.156.x).
 .venv/bin/uv pip install --quiet --python .venv/bin/python -e '.[test]'
-# 0.157+ declare certifi>=2026.10.19, so install each without deps beside the venv; a test puts one
-# first on PYTHONPATH (its own deps, requests/google-auth/protobuf, are already in the venv).
+# Both are also installed without deps beside the venv (one pinned version each, whatever the main
+# environment resolved); a test puts one first on PYTHONPATH (its own deps, requests/google-auth/protobuf, are already in the venv).
 for v in $SDK_VERSIONS; do
   if [ ! -f ".sdk/databricks-sdk-$v/databricks/sdk/version.py" ]; then
     .venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps \

@@ -8,7 +8,6 @@ It does not need the official Databricks provider to be installed.
 from __future__ import annotations
 
 import fnmatch
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -18,6 +17,7 @@ from airflow.sdk import BaseHook
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.core import Config
 
+from airflow_databricks_transfer import lineage
 from airflow_databricks_transfer.clients.files_api import FileInfo, FilesApiClient
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
 from airflow_databricks_transfer.engine.download import Downloader, DownloadOptions, DownloadResult
@@ -100,8 +100,11 @@ class DatabricksFilesHook(BaseHook):
         super().__init__()
         self.databricks_conn_id = databricks_conn_id
         self.use_presigned_urls = use_presigned_urls
+        # cancel() runs from on_kill, i.e. inside the SIGTERM handler on the main thread, which may be
+        # anywhere, even inside _running: so neither side takes a lock. Plain attribute stores are atomic,
+        # and each side writes its own field before reading the other's, so a cancel is never lost.
         self._active: Uploader | Downloader | None = None
-        self._active_lock = threading.Lock()
+        self._cancel_requested = False
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -155,7 +158,9 @@ class DatabricksFilesHook(BaseHook):
             subscribers=[log_progress(self.log), *(subscribers or [])],
         )
         with self._running(uploader):
-            return uploader.run(checkpoint)
+            result = uploader.run(checkpoint)
+        lineage.report(self, inputs=[lineage.local_uri(local_path)], outputs=[self.volume_uri(volume_path)])
+        return result
 
     def download_file(
         self,
@@ -176,23 +181,34 @@ class DatabricksFilesHook(BaseHook):
             subscribers=[log_progress(self.log), *(subscribers or [])],
         )
         with self._running(downloader):
-            return downloader.run(checkpoint)
+            result = downloader.run(checkpoint)
+        lineage.report(self, inputs=[self.volume_uri(volume_path)], outputs=[lineage.local_uri(local_path)])
+        return result
+
+    def volume_uri(self, volume_path: str) -> str:
+        """The Airflow asset URI of a Volume path in this workspace (``dbfs://<host>/Volumes/...``)."""
+        return lineage.volume_uri(self.client.host, volume_path)
 
     def cancel(self) -> None:
-        """Stop the running transfer within seconds (from ``on_kill``); its checkpoint stays."""
-        with self._active_lock:
-            if self._active is not None:
-                self._active.cancel()
+        """Stop the running transfer within seconds (from ``on_kill``); its checkpoint stays.
+
+        Safe in a signal handler (takes no lock), and sticky: a transfer this hook starts afterwards is
+        cancelled at once, so a kill that lands just before a transfer starts is not lost.
+        """
+        self._cancel_requested = True
+        transfer = self._active
+        if transfer is not None:
+            transfer.cancel()
 
     @contextmanager
     def _running(self, transfer: Uploader | Downloader) -> Iterator[None]:
-        with self._active_lock:
-            self._active = transfer
+        self._active = transfer
+        if self._cancel_requested:
+            transfer.cancel()
         try:
             yield
         finally:
-            with self._active_lock:
-                self._active = None
+            self._active = None
 
     # ------------------------------------------------------------------ metadata and directories
     def get_metadata(self, volume_path: str) -> dict[str, Any] | None:
@@ -232,31 +248,60 @@ class DatabricksFilesHook(BaseHook):
 _GLOB_CHARS = "*?["
 
 
+def _is_glob(text: str) -> bool:
+    return any(c in text for c in _GLOB_CHARS)
+
+
 def split_glob(pattern: str) -> tuple[str, str | None]:
     """(the deepest folder without wildcards, the pattern) or (path, None) for a plain path."""
-    if not any(c in pattern for c in _GLOB_CHARS):
+    if not _is_glob(pattern):
         return pattern, None
     parts = pattern.split("/")
     fixed: list[str] = []
     for part in parts:
-        if any(c in part for c in _GLOB_CHARS):
+        if _is_glob(part):
             break
         fixed.append(part)
     return "/".join(fixed) or "/", pattern
 
 
 def find_matches(hook: DatabricksFilesHook, pattern: str) -> dict[str, int]:
-    """{path: size} of the files matching ``pattern`` (a path or a glob; ``*`` does not cross ``/``)."""
+    """{path: size} of the files matching ``pattern`` (a path or a glob; ``*`` does not cross ``/``).
+
+    Lists only the folders the pattern can reach: the literal prefix folder, then, level by level, the
+    subfolders whose names match that level's segment, never deeper than the pattern. A literal segment
+    below a wildcard is addressed directly, without listing its parent.
+    """
     base, glob = split_glob(pattern)
     if glob is None:
         meta = hook.get_metadata(pattern)
         return {} if meta is None else {pattern: int(meta["size"])}
-    if not hook.exists(base):
-        return {}
-    depth = glob.count("/")
+    segments = [s for s in glob[len(base) :].split("/") if s]
     found: dict[str, int] = {}
-    for entry in hook.list_directory(base, recursive=True):
-        path = entry.path.rstrip("/")
-        if not entry.is_directory and path.count("/") == depth and fnmatch.fnmatchcase(path, glob):
-            found[path] = entry.size or 0
+    _match_level(hook, base.rstrip("/"), segments, found)
     return found
+
+
+def _match_level(hook: DatabricksFilesHook, folder: str, segments: list[str], found: dict[str, int]) -> None:
+    head, rest = segments[0], segments[1:]
+    if not _is_glob(head):
+        path = f"{folder}/{head}"
+        if rest:
+            _match_level(hook, path, rest, found)
+        elif (meta := hook.get_metadata(path)) is not None:
+            found[path] = int(meta["size"])
+        return
+    try:
+        entries = hook.list_directory(folder)
+    except RemoteNotFoundError:
+        return  # the folder does not exist (yet): no matches below it
+    for entry in entries:
+        name = entry.path.rstrip("/").rsplit("/", 1)[-1]
+        if not fnmatch.fnmatchcase(name, head):
+            continue
+        path = f"{folder}/{name}"
+        if rest:
+            if entry.is_directory:
+                _match_level(hook, path, rest, found)
+        elif not entry.is_directory:
+            found[path] = entry.size or 0

@@ -13,6 +13,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
+from airflow_databricks_transfer import lineage
 from airflow_databricks_transfer.checkpoints import TaskCheckpointStore
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
 from airflow_databricks_transfer.engine.download import DownloadOptions
@@ -23,6 +24,7 @@ from airflow_databricks_transfer.engine.errors import (
     InvalidRequestError,
     MultipartUnavailableError,
     RemoteNotFoundError,
+    SourceChangedError,
 )
 from airflow_databricks_transfer.engine.planning import DEFAULT_MULTIPART_THRESHOLD_BYTES
 from airflow_databricks_transfer.engine.retry import RetryPolicy
@@ -37,6 +39,8 @@ _NOT_RETRYABLE = (
     RemoteNotFoundError,
     CheckpointError,
     MultipartUnavailableError,
+    # the local source is not the file the upload was planned for: a retry would meet the same file
+    SourceChangedError,
     # a missing connection, or one without host or credentials (ValueError from the hook)
     AirflowNotFoundException,
     ValueError,
@@ -51,6 +55,20 @@ def _int(value: Any, name: str) -> int:
         raise AirflowFailException(f"{name} must be a number, got {value!r}") from None
 
 
+def _opt_int(value: Any, name: str) -> int | None:
+    if value in (None, "", "None"):
+        return None
+    return _int(value, name)
+
+
+def _opt_str(value: Any) -> str | None:
+    """A rendered optional string: an empty or "None" rendering means unset."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if text in ("", "None") else text
+
+
 def _opt_float(value: Any, name: str) -> float | None:
     if value in (None, "", "None", 0, "0"):
         return None
@@ -61,9 +79,22 @@ def _opt_float(value: Any, name: str) -> float | None:
 
 
 class _FilesTransferOperator(BaseOperator):
-    """Common options: ``parallelism`` workers (memory is about parallelism x part/buffer size),
-    ``bandwidth_limit_bytes_per_s``, ``overwrite``, and ``transfer_retry`` (per-request backoff of the
-    engine; Airflow's own ``retries`` then re-run the task, which resumes from its checkpoint).
+    """Common options of both transfer operators (each documents them again, for its own API page).
+
+    :param local_path: the local file (templated).
+    :param volume_path: the Volume file, ``/Volumes/<catalog>/<schema>/<volume>/...`` (templated).
+    :param databricks_conn_id: the Airflow connection (type ``databricks``) (templated).
+    :param overwrite: replace an existing destination file (default True); False fails if it exists.
+    :param parallelism: concurrent workers (templated); memory is about parallelism x part/chunk size.
+    :param bandwidth_limit_bytes_per_s: token-bucket limit shared by all workers; None or 0 means no
+        limit (templated).
+    :param use_presigned_urls: move data through presigned cloud-storage URLs when the workspace offers
+        them (faster, parallel); False uses the workspace's own Files API endpoints only.
+    :param progress_interval_s: seconds between progress lines in the task log.
+    :param checkpoint_key: task state store key of the checkpoint (two transfers in one task need
+        different keys).
+    :param transfer_retry: per-request backoff inside one try (attempts, delays, Retry-After cap);
+        Airflow's own ``retries`` then re-run the task, which resumes from its checkpoint.
     """
 
     template_fields: Sequence[str] = (
@@ -106,6 +137,20 @@ class _FilesTransferOperator(BaseOperator):
     def hook(self) -> DatabricksFilesHook:
         return DatabricksFilesHook(self.databricks_conn_id, use_presigned_urls=self.use_presigned_urls)
 
+    #: True when the local file is the input (upload), False when it is the output (download)
+    _local_is_input: bool = True
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage inputs and outputs: the local file and the Volume file (names: see lineage.py)."""
+        from airflow.providers.openlineage.extractors import OperatorLineage  # noqa: PLC0415 - optional
+
+        local, volume = lineage.openlineage_datasets(
+            self.hook.client.host, local_path=str(self.local_path), volume_path=str(self.volume_path)
+        )
+        if self._local_is_input:
+            return OperatorLineage(inputs=[local], outputs=[volume])
+        return OperatorLineage(inputs=[volume], outputs=[local])
+
     def on_kill(self) -> None:
         """Stop the workers within seconds; the checkpoint stays, so the next try resumes."""
         if "hook" in self.__dict__:
@@ -126,9 +171,25 @@ class LocalFilesystemToDatabricksVolumeOperator(_FilesTransferOperator):
     :param volume_path: destination, ``/Volumes/<catalog>/<schema>/<volume>/...`` (templated).
     :param part_size_bytes: multipart part size; default 16 MiB, raised as needed to stay within
         10,000 parts. Frozen in the checkpoint for the life of an upload.
+    :param multipart_threshold_bytes: files of at least this size go multipart (templated); smaller
+        ones are sent in one PUT.
     :param verify_sha256: keep a SHA-256 per finished part, so a retry re-checks the bytes of resumed parts
         (catches a source rewritten without a size or mtime change).
     :param compute_sha256: report the SHA-256 of the whole file in the result.
+    :param databricks_conn_id: the Airflow connection (type ``databricks``) (templated).
+    :param overwrite: replace an existing destination file (default True); False fails if it exists.
+    :param parallelism: concurrent workers (templated); memory is about parallelism x part/chunk size.
+    :param bandwidth_limit_bytes_per_s: token-bucket limit shared by all workers; None or 0 means no
+        limit (templated).
+    :param use_presigned_urls: move data through presigned cloud-storage URLs when the workspace offers
+        them (faster, parallel); False uses the workspace's own Files API endpoints only.
+    :param progress_interval_s: seconds between progress lines in the task log.
+    :param checkpoint_key: task state store key of the checkpoint (two transfers in one task need
+        different keys).
+    :param transfer_retry: per-request backoff inside one try (attempts, delays, Retry-After cap);
+        Airflow's own ``retries`` then re-run the task, which resumes from its checkpoint.
+
+    A source that changes during or between tries fails the task without retries (``SourceChangedError``).
     """
 
     template_fields: Sequence[str] = (
@@ -207,10 +268,34 @@ class DatabricksVolumeToLocalFilesystemOperator(_FilesTransferOperator):
 
     :param volume_path: the file to download (templated).
     :param local_path: destination file (templated); its folder must exist.
-    :param chunk_size_bytes: size of each ranged GET (default 32 MiB).
-    :param expected_sha256: fail (and discard) if the downloaded bytes have another SHA-256.
-    :param offset: first byte to download; with ``length``, a partial download.
+    :param chunk_size_bytes: size of each ranged GET (default 32 MiB) (templated).
+    :param compute_sha256: report the SHA-256 of the downloaded bytes in the result.
+    :param expected_sha256: fail (and discard) if the downloaded bytes have another SHA-256 (templated).
+    :param offset: first byte to download; with ``length``, a partial download (templated).
+    :param length: number of bytes from ``offset``; None means to the end of the file (templated).
+    :param fsync: flush the file to disk before it is renamed into place (survives a host crash).
+    :param databricks_conn_id: the Airflow connection (type ``databricks``) (templated).
+    :param overwrite: replace an existing destination file (default True); False fails if it exists.
+    :param parallelism: concurrent workers (templated); memory is about parallelism x part/chunk size.
+    :param bandwidth_limit_bytes_per_s: token-bucket limit shared by all workers; None or 0 means no
+        limit (templated).
+    :param use_presigned_urls: move data through presigned cloud-storage URLs when the workspace offers
+        them (faster, parallel); False uses the workspace's own Files API endpoints only.
+    :param progress_interval_s: seconds between progress lines in the task log.
+    :param checkpoint_key: task state store key of the checkpoint (two transfers in one task need
+        different keys).
+    :param transfer_retry: per-request backoff inside one try (attempts, delays, Retry-After cap);
+        Airflow's own ``retries`` then re-run the task, which resumes from its checkpoint.
     """
+
+    _local_is_input = False
+    template_fields: Sequence[str] = (
+        *_FilesTransferOperator.template_fields,
+        "chunk_size_bytes",
+        "expected_sha256",
+        "offset",
+        "length",
+    )
 
     def __init__(
         self,
@@ -218,8 +303,8 @@ class DatabricksVolumeToLocalFilesystemOperator(_FilesTransferOperator):
         chunk_size_bytes: int | str = 32 * 1024 * 1024,
         compute_sha256: bool = True,
         expected_sha256: str | None = None,
-        offset: int = 0,
-        length: int | None = None,
+        offset: int | str = 0,
+        length: int | str | None = None,
         fsync: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -242,14 +327,16 @@ class DatabricksVolumeToLocalFilesystemOperator(_FilesTransferOperator):
                 len(checkpoint.done_chunks),
                 checkpoint.chunk_count,
             )
+        expected_sha256 = _opt_str(self.expected_sha256)
+        expected_sha256 = expected_sha256.lower() if expected_sha256 else None
         options = DownloadOptions(
             chunk_size_bytes=_int(self.chunk_size_bytes, "chunk_size_bytes"),
             parallelism=_int(self.parallelism, "parallelism"),
             overwrite=self.overwrite,
-            compute_sha256=self.compute_sha256 or self.expected_sha256 is not None,
-            expected_sha256=self.expected_sha256,
-            offset=self.offset,
-            length=self.length,
+            compute_sha256=self.compute_sha256 or expected_sha256 is not None,
+            expected_sha256=expected_sha256,
+            offset=_int(self.offset, "offset"),
+            length=_opt_int(self.length, "length"),
             bandwidth_limit_bytes_per_s=_opt_float(
                 self.bandwidth_limit_bytes_per_s, "bandwidth_limit_bytes_per_s"
             ),
