@@ -63,7 +63,9 @@ def _opt_float(value: Any, name: str) -> float | None:
 class _FilesTransferOperator(BaseOperator):
     """Common options: ``parallelism`` workers (memory is about parallelism x part/buffer size),
     ``bandwidth_limit_bytes_per_s``, ``overwrite``, and ``transfer_retry`` (per-request backoff of the
-    engine; Airflow's own ``retries`` then re-run the task, which resumes from its checkpoint).
+    engine; Airflow's own ``retries`` then re-run the task, which resumes from its checkpoint),
+    and ``checkpoint_interval_s``, the least time between two checkpoint writes to the task state store
+    (each costs API calls; the final state is always written).
     """
 
     template_fields: Sequence[str] = (
@@ -88,9 +90,11 @@ class _FilesTransferOperator(BaseOperator):
         progress_interval_s: float = 30.0,
         checkpoint_key: str = "checkpoint",
         transfer_retry: RetryPolicy | None = None,
+        checkpoint_interval_s: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.checkpoint_interval_s = checkpoint_interval_s
         self.transfer_retry = transfer_retry or RetryPolicy()
         self.local_path = local_path
         self.volume_path = volume_path
@@ -175,6 +179,7 @@ class LocalFilesystemToDatabricksVolumeOperator(_FilesTransferOperator):
                 self.bandwidth_limit_bytes_per_s, "bandwidth_limit_bytes_per_s"
             ),
             progress_interval_s=self.progress_interval_s,
+            checkpoint_interval_s=self.checkpoint_interval_s,
             retry=self.transfer_retry,
         )
         try:
@@ -255,6 +260,7 @@ class DatabricksVolumeToLocalFilesystemOperator(_FilesTransferOperator):
             ),
             progress_interval_s=self.progress_interval_s,
             fsync=self.fsync,
+            checkpoint_interval_s=self.checkpoint_interval_s,
             retry=self.transfer_retry,
         )
         try:
