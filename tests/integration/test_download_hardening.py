@@ -19,8 +19,8 @@ import pytest
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.core import Config
 
-from airflow_databricks_transfer.clients.files_api import FilesApiClient
-from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint
+from airflow_databricks_transfer.clients.files_api import FilesApiClient, FilesApiDownloadSource, _RangeReader
+from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, RemoteVersion
 from airflow_databricks_transfer.engine.download import Downloader, DownloadOptions, temp_path_for
 from airflow_databricks_transfer.engine.errors import (
     ChecksumMismatchError,
@@ -66,6 +66,21 @@ def client(files_api_emulator: FilesApiEmulator) -> Iterator[FilesApiClient]:
 
 def opts(**kw: Any) -> DownloadOptions:
     return DownloadOptions(**{"chunk_size_bytes": CHUNK, "parallelism": 1, "retry": FAST_RETRY, **kw})
+
+
+class SteppedSource(FilesApiDownloadSource):
+    """The real client, with an action run just before its n-th ranged GET (a precise moment of the
+    transfer, where a checkpoint callback would race the workers)."""
+
+    def __init__(self, client: FilesApiClient, path: str, before: dict[int, Callable[[], None]]) -> None:
+        super().__init__(client, path)
+        self.before, self.calls = before, 0
+
+    def open_range(self, start: int, length: int, pinned: RemoteVersion) -> _RangeReader:
+        self.calls += 1
+        if self.calls in self.before:
+            self.before[self.calls]()
+        return super().open_range(start, length, pinned)
 
 
 def served(emu: FilesApiEmulator) -> int:
@@ -171,13 +186,11 @@ def test_same_size_same_second_rewrite_mid_download_is_caught_by_the_etag(
     emu.seed(files=[{"path": path, "size": 10 * MiB, "seed": 42}])
     assert client.stat(path) is not None and client.stat(path).etag is None  # type: ignore[union-attr]
     replaced: list[bytes] = []
-
-    def rewrite(cp: DownloadCheckpoint) -> None:
-        if cp.done_chunks and not replaced:
-            replaced.append(rewrite_same_size_same_second(emu, path, seed=43))
-
+    source = SteppedSource(
+        client, path, {2: lambda: replaced.append(rewrite_same_size_same_second(emu, path, seed=43))}
+    )
     out = tmp_path / "out.bin"
-    result = Downloader(client.download_source(path), out, opts(), sink=MemorySink(rewrite)).run()
+    result = Downloader(source, out, opts(), sink=MemorySink()).run()
     assert replaced and out.read_bytes() == replaced[0]  # all of the new version, nothing spliced
     assert result.restarted_reason is not None and "changed" in result.restarted_reason
     assert any(r.status == 412 for r in emu.requests("presigned.download"))  # If-Match was sent
@@ -192,19 +205,14 @@ def test_a_resumed_try_keeps_the_etag_pin_of_the_first(
     emu.seed(files=[{"path": path, "size": 10 * MiB, "seed": 44}])
     out = tmp_path / "out.bin"
     sink = MemorySink()
-    first = Downloader(client.download_source(path), out, opts(), sink=sink)
-
-    def stop(cp: DownloadCheckpoint) -> None:
-        if cp.done_chunks:
-            first.cancel()
-
-    sink.on_save = stop
+    stepped = SteppedSource(client, path, {})
+    first = Downloader(stepped, out, opts(), sink=sink)
+    stepped.before[2] = first.cancel  # stop while the second chunk is being fetched
     with pytest.raises(Cancelled):
         first.run()
     kept = sink.latest
-    assert kept is not None and kept.done_chunks
+    assert kept is not None and kept.done_chunks == {0}
     new = rewrite_same_size_same_second(emu, path, seed=45)
-    sink.on_save = None
     again = DownloadCheckpoint.from_json(kept.to_json())  # as a new process would load it
     result = Downloader(client.download_source(path), out, opts(), sink=sink).run(again)
     assert out.read_bytes() == new  # not the first try's chunks spliced with the new version
