@@ -20,6 +20,7 @@ from airflow_databricks_transfer.engine.errors import (
     AlreadyExistsError,
     AuthError,
     CheckpointError,
+    ChecksumMismatchError,
     InvalidRequestError,
     MultipartUnavailableError,
     RemoteNotFoundError,
@@ -37,6 +38,7 @@ _NOT_RETRYABLE = (
     RemoteNotFoundError,
     CheckpointError,
     MultipartUnavailableError,
+    ChecksumMismatchError,  # the remote bytes are not what the caller expects: fetching again won't help
     # a missing connection, or one without host or credentials (ValueError from the hook)
     AirflowNotFoundException,
     ValueError,
