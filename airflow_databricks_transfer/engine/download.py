@@ -303,13 +303,21 @@ class Downloader:
 
     def _checkpoint_writer(self, sync_fd: int | None) -> Callable[[DownloadCheckpoint, frozenset[int]], None]:
         """The saver's write: durable first (when asked), then the checkpoint that names the chunks."""
-        synced = False
+        synced, unsupported = False, False
 
         def write(cp: DownloadCheckpoint, changed: frozenset[int]) -> None:
-            nonlocal synced
-            if sync_fd is not None and (changed or not synced):
-                make_durable(sync_fd)  # one flush covers every chunk this checkpoint adds
-                synced = True
+            nonlocal synced, unsupported
+            if sync_fd is not None and not unsupported and (changed or not synced):
+                try:
+                    make_durable(sync_fd)  # one flush covers every chunk this checkpoint adds
+                    synced = True
+                except OSError as err:
+                    if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    unsupported = True
+                    log.warning("%s cannot be flushed to stable storage (%s)", cp.temp_path, err)
+            if unsupported:
+                cp = replace(cp, durable=False)  # then a resume after a reboot will not trust it
             pin = self.source.data_pin
             if pin != cp.data_pin:
                 cp = replace(cp, data_pin=pin)

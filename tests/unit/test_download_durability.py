@@ -7,6 +7,7 @@ their final bytes in the temp file. Every checkpoint must name only chunks that 
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import threading
@@ -129,3 +130,19 @@ def test_without_durability_no_flush_and_the_checkpoint_says_so(
     Downloader(MemorySource(data), tmp_path / "out.bin", opts, sink=events).run()
     assert [k for k, _ in events.log if k == "sync"] == []
     assert events.saved.durable is False
+
+
+def test_a_filesystem_that_cannot_flush_leaves_checkpoints_marked_not_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _data(5 * CHUNK)
+    events = Events(data)
+
+    def unsupported(fd: int) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(download_mod, "make_durable", unsupported)
+    opts = DownloadOptions(chunk_size_bytes=CHUNK, checkpoint_interval_s=0)
+    Downloader(MemorySource(data), tmp_path / "out.bin", opts, sink=events).run()
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert events.saved.done_chunks and events.saved.durable is False
