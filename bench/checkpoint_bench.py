@@ -75,11 +75,14 @@ class AirflowLikeSink:
 class SyncCounter:
     def __init__(self) -> None:
         self.calls = 0
+        self.seconds = 0.0
         self._real = download_mod.make_durable
 
     def __call__(self, fd: int) -> None:
-        self.calls += 1
+        t0 = time.perf_counter()
         self._real(fd)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
 
 
 def cpu_s() -> float:
@@ -152,6 +155,7 @@ def one_run(
         "writes_per_gib": (sink.writes if sink else 0) / gib,
         "calls_per_gib": (sink.calls if sink else 0) / gib,
         "fdatasync_per_gib": counter.calls / gib,
+        "fdatasync_s_per_gib": counter.seconds / gib,
     }
 
 
@@ -247,7 +251,7 @@ def main() -> int:
 def print_report(report: dict[str, dict[str, float]]) -> None:
     print(
         f"{'variant':34} {'MiB/s':>7} {'wall':>6} {'CPU-s/GiB':>9} {'xCPU':>5} {'xwall':>5} "
-        f"{'writes/GiB':>10} {'calls/GiB':>9} {'fdatasync/GiB':>13}"
+        f"{'writes/GiB':>10} {'calls/GiB':>9} {'fdatasync/GiB':>13} {'in it s/GiB':>11}"
     )
     for label, m in report.items():
         prefix = label.rsplit(" ", 1)[0]
@@ -255,7 +259,8 @@ def print_report(report: dict[str, dict[str, float]]) -> None:
         print(
             f"{label:34} {m['mib_s']:7.0f} {m['wall_s']:6.2f} {m['cpu_s_per_gib']:9.2f} "
             f"{m['cpu_s_per_gib'] / base['cpu_s_per_gib']:5.2f} {m['wall_s'] / base['wall_s']:5.2f} "
-            f"{m['writes_per_gib']:10.1f} {m['calls_per_gib']:9.1f} {m['fdatasync_per_gib']:13.1f}"
+            f"{m['writes_per_gib']:10.1f} {m['calls_per_gib']:9.1f} {m['fdatasync_per_gib']:13.1f} "
+            f"{m['fdatasync_s_per_gib']:11.2f}"
         )
 
 

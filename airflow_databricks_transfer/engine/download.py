@@ -414,7 +414,7 @@ class Downloader:
                 min(opts.parallelism, max(1, len(todo))),
                 worker,
                 stop=self._stop,
-                flush=lambda: saver.flush(state["cp"]),
+                flush=lambda: self._final_checkpoint(saver, state["cp"]),
                 name="download",
                 severity=(InsufficientSpaceError, RemoteChangedError, FatalError, TransferError),
             )
@@ -426,6 +426,15 @@ class Downloader:
         return self._finish(
             state["cp"], remote, tracker, started, resumed_chunks, resumed_bytes, restarted, digest
         )
+
+    @staticmethod
+    def _final_checkpoint(saver: CoalescingSaver[DownloadCheckpoint], cp: DownloadCheckpoint) -> None:
+        """Save how far a stopped try got; a finished one skips it: the checkpoint is deleted right
+        after the rename, and its flush would make the end of every download wait for the disk."""
+        if len(cp.done_chunks) == cp.chunk_count:
+            saver.drop()
+        else:
+            saver.flush(cp)
 
     def _fetch_chunk(
         self,

@@ -70,6 +70,15 @@ class CoalescingSaver(Generic[C]):
             finally:
                 self._flushing -= 1
 
+    def drop(self) -> None:
+        """Forget what is pending and wait for a write in progress: for a caller about to delete the
+        checkpoint anyway (a finished transfer), where a last write would only cost time."""
+        with self._cond:
+            self._pending = None
+            self._dirty.clear()
+            while self._writing:
+                self._cond.wait()
+
     def close(self) -> None:
         """Write what is pending (the final state) and stop the thread."""
         with self._cond:

@@ -11,6 +11,7 @@ import errno
 import os
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from airflow_databricks_transfer.engine import download as download_mod
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, RemoteVersion
 from airflow_databricks_transfer.engine.download import Downloader, DownloadOptions, current_boot_id
+from airflow_databricks_transfer.engine.retry import Cancelled
 
 CHUNK = 64 * 1024
 
@@ -37,9 +39,10 @@ class _Reader:
 
 
 class MemorySource:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, before_chunk: dict[int, Callable[[], None]] | None = None) -> None:
         self._data = memoryview(data)
         self._pin: str | None = None
+        self.before_chunk = before_chunk or {}
 
     @property
     def path(self) -> str:
@@ -49,6 +52,9 @@ class MemorySource:
         return RemoteVersion(len(self._data), '"v1"', "Sat, 21 Nov 2026 06:00:00 GMT")
 
     def open_range(self, start: int, length: int, pinned: RemoteVersion) -> _Reader:
+        action = self.before_chunk.get(start // CHUNK)
+        if action is not None:
+            action()
         return _Reader(self._data[start : start + length])
 
     @property
@@ -108,6 +114,13 @@ def test_every_checkpoint_names_only_chunks_a_prior_flush_made_durable(
     out = tmp_path / "out.bin"
     Downloader(MemorySource(data), out, opts, sink=events).run()
     assert out.read_bytes() == data
+    # and a try stopped mid-way, whose last checkpoint is written at the stop
+    source = MemorySource(data)
+    stopped = Downloader(source, tmp_path / "stopped.bin", opts, sink=events)
+    source.before_chunk[30] = stopped.cancel
+    with pytest.raises(Cancelled):
+        stopped.run()
+    assert len(events.saved.done_chunks) >= 27
     durable: frozenset[int] = frozenset()
     saves_with_chunks = 0
     for kind, chunks in events.log:
@@ -126,8 +139,15 @@ def test_without_durability_no_flush_and_the_checkpoint_says_so(
     data = _data(5 * CHUNK)
     events = Events(data)
     monkeypatch.setattr(download_mod, "make_durable", events.make_durable)
-    opts = DownloadOptions(chunk_size_bytes=CHUNK, durable_checkpoints=False, checkpoint_interval_s=0)
-    Downloader(MemorySource(data), tmp_path / "out.bin", opts, sink=events).run()
+    opts = DownloadOptions(
+        chunk_size_bytes=CHUNK, parallelism=1, durable_checkpoints=False, checkpoint_interval_s=0
+    )
+    source = MemorySource(data)
+    stopped = Downloader(source, tmp_path / "out.bin", opts, sink=events)
+    source.before_chunk[3] = stopped.cancel
+    with pytest.raises(Cancelled):
+        stopped.run()
+    assert events.saved.done_chunks
     assert [k for k, _ in events.log if k == "sync"] == []
     assert events.saved.durable is False
 
@@ -142,7 +162,12 @@ def test_a_filesystem_that_cannot_flush_leaves_checkpoints_marked_not_durable(
         raise OSError(errno.EINVAL, "Invalid argument")
 
     monkeypatch.setattr(download_mod, "make_durable", unsupported)
-    opts = DownloadOptions(chunk_size_bytes=CHUNK, checkpoint_interval_s=0)
+    opts = DownloadOptions(chunk_size_bytes=CHUNK, parallelism=1, checkpoint_interval_s=0)
     Downloader(MemorySource(data), tmp_path / "out.bin", opts, sink=events).run()
-    assert (tmp_path / "out.bin").read_bytes() == data
+    assert (tmp_path / "out.bin").read_bytes() == data  # the download itself is not hindered
+    source = MemorySource(data)
+    stopped = Downloader(source, tmp_path / "stopped.bin", opts, sink=events)
+    source.before_chunk[3] = stopped.cancel
+    with pytest.raises(Cancelled):
+        stopped.run()
     assert events.saved.done_chunks and events.saved.durable is False

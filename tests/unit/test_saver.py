@@ -58,3 +58,14 @@ def test_zero_interval_writes_every_state_it_sees() -> None:
 def test_negative_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="min_interval_s"):
         CoalescingSaver(Recorder(), min_interval_s=-1)
+
+
+def test_drop_forgets_the_pending_state() -> None:
+    rec = Recorder()
+    saver: CoalescingSaver[int] = CoalescingSaver(rec, min_interval_s=3600)
+    saver.offer(1, 1)
+    assert rec.first.wait(10)
+    saver.offer(2, 2)
+    saver.drop()
+    saver.close()
+    assert rec.writes == [(1, frozenset({1}))]
