@@ -400,7 +400,7 @@ class DownloadCheckpoint:
                 created_at=float(d["created_at"]),
                 boot_id=_opt_str(d["boot_id"]),
                 durable=_strict_bool(d["durable"]),
-                data_pin=_opt_str(d["data_pin"]),
+                data_pin=_header_safe(_opt_str(d["data_pin"])),
             )
         except CheckpointError:
             raise
@@ -425,6 +425,16 @@ def _loads(text: str) -> dict[str, Any]:
 def _opt_str(value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise CheckpointError(f"expected a string or null, got {value!r}")
+    return value
+
+
+_PRINTABLE = re.compile(r"^[\x20-\x7e]{1,1024}$")
+
+
+def _header_safe(value: str | None) -> str | None:
+    # the pin goes back into a request header (If-Match): a crafted one must not inject a line
+    if value is not None and not _PRINTABLE.match(value):
+        raise CheckpointError("data_pin must be 1-1024 printable ASCII characters")
     return value
 
 

@@ -189,6 +189,7 @@ def test_download_v2_round_trip_and_v1_upgrade_is_not_durable() -> None:
         (lambda d: d.update(boot_id=7), "expected a string or null"),
         (lambda d: d.pop("durable"), "corrupt download checkpoint"),
         (lambda d: d.update(version=3), "newer than this package understands"),
+        (lambda d: d.update(data_pin='presigned "x"\r\nX-Injected: 1'), "printable ASCII"),
     ],
 )
 def test_bad_download_checkpoints_are_refused(mutate: Any, message: str) -> None:
