@@ -447,6 +447,7 @@ class FilesApiDownloadSource:
         self._q = _quote(path)
         self._url: PresignedUrl | None = None
         self._direct = not client.use_presigned
+        self._pin: str | None = None  # "<presigned|direct> <ETag>" of the first ranged response
         self._lock = threading.Lock()
 
     @property
@@ -487,25 +488,58 @@ class FilesApiDownloadSource:
                 self._url = PresignedUrl(answer["url"], headers, expires_at)
             return self._url
 
+    @property
+    def data_pin(self) -> str | None:
+        with self._lock:
+            return self._pin
+
+    def restore_pin(self, pin: str | None) -> None:
+        with self._lock:
+            self._pin = pin
+
+    def _expected_etag(self, mode: str, pinned: RemoteVersion) -> str | None:
+        """The ETag every ranged GET must match: the data path's own once learnt, else the HEAD's."""
+        with self._lock:
+            pin = self._pin
+        if pin is None:
+            return pinned.etag if mode == "direct" else None
+        pin_mode, _, etag = pin.partition(" ")
+        if pin_mode != mode:
+            # presigned and direct reads carry different ETags (the storage's vs the workspace's)
+            raise RemoteChangedError(
+                f"{self._path}: reads moved from {pin_mode} to {mode} URLs; the pinned version "
+                "cannot be verified across them"
+            )
+        return etag
+
     def open_range(self, start: int, length: int, pinned: RemoteVersion) -> _RangeReader:
         headers = {"Range": f"bytes={start}-{start + length - 1}", "Accept": "application/octet-stream"}
         if pinned.last_modified:
             headers["If-Unmodified-Since"] = pinned.last_modified
         url = self._presigned()
+        mode = "direct" if url is None else "presigned"
+        expected = self._expected_etag(mode, pinned)
+        if expected:
+            headers["If-Match"] = expected
         if url is not None:
             resp = self.client.http.request("GET", url.url, {**dict(url.headers), **headers})
         else:
-            if pinned.etag:
-                headers["If-Match"] = pinned.etag
             resp = self.client.workspace_request("GET", f"{FILES}{self._q}", headers=headers)
         if resp.status not in (200, 206):
             body = resp.read()
             raise http_error(resp.status, body, resp.headers, f"download {self._path}")
-        self._check_version(resp, start, length, pinned)
+        self._check_version(resp, start, length, pinned, mode)
         return _RangeReader(resp, length)
 
-    def _check_version(self, resp: Response, start: int, length: int, pinned: RemoteVersion) -> None:
-        """Refuse bytes of another version, even from a server that ignores the conditional headers."""
+    def _check_version(
+        self, resp: Response, start: int, length: int, pinned: RemoteVersion, mode: str
+    ) -> None:
+        """Refuse bytes of another version, even from a server that ignores the conditional headers.
+
+        Size and Last-Modified (one-second resolution) miss a same-size rewrite within a second, and
+        the workspace's HEAD may carry no ETag at all; so the first ranged response's ETag pins every
+        later range (sent as If-Match, and compared here), as s3transfer and the Azure SDK do.
+        """
         last_modified = resp.headers.get("Last-Modified")
         total = None
         content_range = resp.headers.get("Content-Range")
@@ -527,8 +561,17 @@ class FilesApiDownloadSource:
             and pinned.last_modified is not None
             and last_modified != pinned.last_modified
         )
+        etag = resp.headers.get("ETag")
+        if not changed and etag:
+            if mode == "direct" and pinned.etag and etag != pinned.etag:
+                changed = True
+            with self._lock:
+                if self._pin is None:
+                    self._pin = f"{mode} {etag}"
+                pin = self._pin
+            changed = changed or pin != f"{mode} {etag}"
         if changed:
             resp.close()
             raise RemoteChangedError(
-                f"{self._path} changed (size or Last-Modified differs from the pinned version)"
+                f"{self._path} changed (size, Last-Modified or ETag differs from the pinned version)"
             )

@@ -31,6 +31,19 @@ _HEX_ETAG = re.compile(r'^"[0-9a-f]{32}"$')
 # version -> function turning a dict of that version into the next one
 UPGRADERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
+# Download checkpoints are versioned on their own (v2 added boot_id, durable and data_pin), so each
+# kind's schema can move without forcing an upgrade of the other.
+DOWNLOAD_SCHEMA_VERSION = 2
+
+
+def _download_v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
+    # A v1 writer recorded chunks without making them durable first and did not note the boot:
+    # such chunks may be holes after a host crash, so a resume must treat them as unproven.
+    return {**d, "version": 2, "boot_id": None, "durable": False, "data_pin": None}
+
+
+DOWNLOAD_UPGRADERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _download_v1_to_v2}
+
 
 @dataclass(frozen=True)
 class SourceFingerprint:
@@ -309,7 +322,15 @@ class DownloadCheckpoint:
     chunk_size: int
     done_chunks: frozenset[int] = frozenset()
     created_at: float = field(default_factory=time.time)
-    version: int = SCHEMA_VERSION
+    # the host boot (/proc/sys/kernel/random/boot_id) the checkpoint was last written in
+    boot_id: str | None = None
+    # True when every chunk named was made durable (fdatasync) before this checkpoint was written;
+    # only then may a resume after a host restart trust the chunks on disk
+    durable: bool = False
+    # an opaque validator of the data path learnt by the source (a storage ETag), so a resumed try
+    # reads the very same object version even where the metadata call shows no ETag
+    data_pin: str | None = None
+    version: int = DOWNLOAD_SCHEMA_VERSION
 
     @property
     def chunk_count(self) -> int:
@@ -351,6 +372,9 @@ class DownloadCheckpoint:
             "chunk_size": self.chunk_size,
             "done": _b64(_bitmap(sorted(self.done_chunks), 0, count)),
             "created_at": self.created_at,
+            "boot_id": self.boot_id,
+            "durable": self.durable,
+            "data_pin": self.data_pin,
         }
 
     def to_json(self) -> str:
@@ -358,7 +382,7 @@ class DownloadCheckpoint:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DownloadCheckpoint:
-        d = _upgrade(data, cls.kind)
+        d = _upgrade(data, cls.kind, DOWNLOAD_SCHEMA_VERSION, DOWNLOAD_UPGRADERS)
         try:
             length, chunk = int(d["length"]), int(d["chunk_size"])
             if chunk <= 0 or length < 0:
@@ -374,6 +398,9 @@ class DownloadCheckpoint:
                 chunk_size=chunk,
                 done_chunks=frozenset(_from_bitmap(_unb64(d["done"]), 0, count)),
                 created_at=float(d["created_at"]),
+                boot_id=_opt_str(d["boot_id"]),
+                durable=_strict_bool(d["durable"]),
+                data_pin=_header_safe(_opt_str(d["data_pin"])),
             )
         except CheckpointError:
             raise
@@ -395,8 +422,37 @@ def _loads(text: str) -> dict[str, Any]:
     return data
 
 
-def _upgrade(data: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    """Check identity and bring an older schema version up to the current one."""
+def _opt_str(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise CheckpointError(f"expected a string or null, got {value!r}")
+    return value
+
+
+_PRINTABLE = re.compile(r"^[\x20-\x7e]{1,1024}$")
+
+
+def _header_safe(value: str | None) -> str | None:
+    # the pin goes back into a request header (If-Match): a crafted one must not inject a line
+    if value is not None and not _PRINTABLE.match(value):
+        raise CheckpointError("data_pin must be 1-1024 printable ASCII characters")
+    return value
+
+
+def _strict_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise CheckpointError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _upgrade(
+    data: Mapping[str, Any],
+    kind: str,
+    current: int | None = None,
+    upgraders: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """Check identity and bring an older schema version up to the current one (of ``kind``)."""
+    current = SCHEMA_VERSION if current is None else current
+    upgraders = UPGRADERS if upgraders is None else upgraders
     if not isinstance(data, Mapping):
         raise CheckpointError("checkpoint is not a JSON object")
     if data.get("schema") != SCHEMA:
@@ -406,14 +462,14 @@ def _upgrade(data: Mapping[str, Any], kind: str) -> dict[str, Any]:
     version = data.get("version")
     if not isinstance(version, int) or version < 1:
         raise CheckpointError(f"checkpoint has an invalid schema version {version!r}")
-    if version > SCHEMA_VERSION:
+    if version > current:
         raise CheckpointError(
-            f"checkpoint schema version {version} is newer than this package understands ({SCHEMA_VERSION}); "
+            f"checkpoint schema version {version} is newer than this package understands ({current}); "
             "was it written by a newer release?"
         )
     d = dict(data)
-    while d["version"] < SCHEMA_VERSION:
-        upgrade = UPGRADERS.get(d["version"])
+    while d["version"] < current:
+        upgrade = upgraders.get(d["version"])
         if upgrade is None:
             raise CheckpointError(f"no upgrade path from checkpoint schema version {d['version']}")
         d = upgrade(d)

@@ -2,27 +2,31 @@
 
 The transfer is pinned to one remote version (ETag / Last-Modified); if that changes mid-way the
 partial file is discarded and the download starts again, so two versions are never spliced. Finished
-chunks go to a checkpoint so a retry (even in a new process) fetches only what is missing. The temp
-file is preallocated, so a full disk fails at the start with a clear error instead of mid-way, and a
-disk that fills later still leaves a resumable state.
+chunks go to a checkpoint so a retry (even in a new process) fetches only what is missing; before a
+checkpoint names a chunk, the chunk is made durable (one fdatasync per checkpoint write, in the saver
+thread), so a resume after a host crash never trusts holes. The temp file is sized up front, so a full
+disk fails at the start with a clear error instead of mid-way, and a disk that fills later still leaves
+a resumable state. Every path is derived from the caller's arguments, never read from a checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, RemoteVersion
 from airflow_databricks_transfer.engine.errors import (
     AlreadyExistsError,
+    ChecksumMismatchError,
     ConnectionLostError,
     FatalError,
     InsufficientSpaceError,
@@ -33,7 +37,7 @@ from airflow_databricks_transfer.engine.errors import (
 from airflow_databricks_transfer.engine.ports import DownloadCheckpointSink, DownloadSource, NullSink
 from airflow_databricks_transfer.engine.progress import BandwidthLimiter, ProgressTracker, Subscriber
 from airflow_databricks_transfer.engine.retry import Cancelled, RecoveryBudget, RetryPolicy, call_with_retry
-from airflow_databricks_transfer.engine.saver import CoalescingSaver
+from airflow_databricks_transfer.engine.saver import DEFAULT_MIN_INTERVAL_S, CoalescingSaver
 from airflow_databricks_transfer.engine.workers import run_workers
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,27 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 MAX_VERSION_RESTARTS = 2
 MAX_URL_REFRESHES = 3
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def current_boot_id() -> str | None:
+    """This boot of the host (Linux); None where the kernel does not say."""
+    try:
+        with open(BOOT_ID_PATH) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def make_durable(fd: int) -> None:
+    """Put every byte written to ``fd`` so far on stable storage, with the extents that locate it.
+
+    fdatasync, not sync_file_range: the temp file is sparse, so the first write to a range allocates
+    its blocks, and sync_file_range writes data pages without that allocation (nor a cache flush); after
+    a crash the range would read back as a hole. One call per checkpoint write (at most one a second by
+    default) keeps it off the data path.
+    """
+    os.fdatasync(fd)
 
 
 @dataclass(frozen=True)
@@ -60,8 +85,14 @@ class DownloadOptions:
     max_total_retries: int | None = None
     progress_interval_s: float = 10.0
     fsync: bool = False
+    # fdatasync the temp file before each checkpoint write that names new chunks (see make_durable)
+    durable_checkpoints: bool = True
+    # at most one checkpoint write per interval; the final state is always written
+    checkpoint_interval_s: float = DEFAULT_MIN_INTERVAL_S
 
     def __post_init__(self) -> None:
+        if self.checkpoint_interval_s < 0:
+            raise ValueError("checkpoint_interval_s must be >= 0")
         if not 1 <= self.parallelism <= 64:
             raise ValueError("parallelism must be in 1..64")
         if self.chunk_size_bytes <= 0 or self.buffer_size_bytes <= 0:
@@ -155,6 +186,9 @@ class Downloader:
         self._retries = 0
         self._lock = threading.Lock()
         self._budget = RecoveryBudget(0)
+        self._temp = temp_path_for(self.destination)
+        self._chunk_size = self.options.chunk_size_bytes
+        self._chunk_count = 0
 
     def cancel(self) -> None:
         """Stop the workers within seconds; finished chunks stay in the checkpoint for the next try."""
@@ -162,6 +196,26 @@ class Downloader:
         self._stop.set()
 
     def run(self, checkpoint: DownloadCheckpoint | None = None) -> DownloadResult:
+        """Download, resuming from ``checkpoint`` when it still describes this transfer.
+
+        A fatal error removes the partial file and the checkpoint (a retry cannot use them); a full
+        disk, transient errors past the budget and cancellation keep both for the next try.
+        """
+        try:
+            return self._run(checkpoint)
+        except InsufficientSpaceError:
+            raise
+        except FatalError as err:
+            self._discard()
+            self.sink.clear()
+            log.warning(
+                "Download of %s failed (%s); removed the partial file and the checkpoint",
+                self.source.path,
+                err,
+            )
+            raise
+
+    def _run(self, checkpoint: DownloadCheckpoint | None) -> DownloadResult:
         started = time.monotonic()
         opts = self.options
         if os.path.isdir(self.destination):
@@ -198,23 +252,37 @@ class Downloader:
     def _usable(
         self, cp: DownloadCheckpoint | None, remote: RemoteVersion
     ) -> tuple[DownloadCheckpoint | None, str | None]:
+        """The checkpoint if it describes this very transfer, else (None, why).
+
+        The task state store can be written through Airflow's REST API: every path is compared with
+        the one derived from our own arguments, and a checkpoint that names others is dropped without
+        touching anything at its paths (only our own derived temp file is removed).
+        """
         if cp is None:
             return None, None
         opts = self.options
         why = None
         length = self._length(remote)
+        boot = current_boot_id()
         if cp.source != self.source.path:
-            why = f"checkpoint is for {cp.source}, not {self.source.path}"
+            why = f"checkpoint is for {cp.source!r}, not {self.source.path!r}"
         elif cp.destination != self.destination:
-            why = f"checkpoint is for destination {cp.destination}"
+            why = f"checkpoint is for destination {cp.destination!r}, not {self.destination!r}"
+        elif cp.temp_path != self._temp:
+            why = f"checkpoint names the partial file {cp.temp_path!r}, not {self._temp!r}"
         elif cp.remote != remote:
             why = "the remote file changed since the last try"
         elif (cp.offset, cp.length, cp.chunk_size) != (opts.offset, length, opts.chunk_size_bytes):
             why = "the requested range or chunk size differs from the last try"
-        elif not os.path.isfile(cp.temp_path) or os.path.getsize(cp.temp_path) != cp.length:
+        elif not cp.durable and (boot is None or cp.boot_id != boot):
+            why = (
+                "the host may have restarted since the last try, and that try did not make its chunks "
+                "durable before checkpointing them (they could be holes)"
+            )
+        elif not os.path.isfile(self._temp) or os.path.getsize(self._temp) != cp.length:
             why = "the partial file of the last try is gone or has the wrong size"
         if why:
-            self._discard(cp.temp_path)
+            self._discard()
             self.sink.clear()
             return None, why
         return cp, None
@@ -228,9 +296,34 @@ class Downloader:
         available = remote.size - opts.offset
         return available if opts.length is None else min(opts.length, available)
 
-    def _discard(self, path: str | None = None) -> None:
+    def _discard(self) -> None:
+        """Remove our partial file: always the path derived from the destination, never a stored one."""
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path or temp_path_for(self.destination))
+            os.unlink(self._temp)
+
+    def _checkpoint_writer(self, sync_fd: int | None) -> Callable[[DownloadCheckpoint, frozenset[int]], None]:
+        """The saver's write: durable first (when asked), then the checkpoint that names the chunks."""
+        synced, unsupported = False, False
+
+        def write(cp: DownloadCheckpoint, changed: frozenset[int]) -> None:
+            nonlocal synced, unsupported
+            if sync_fd is not None and not unsupported and (changed or not synced):
+                try:
+                    make_durable(sync_fd)  # one flush covers every chunk this checkpoint adds
+                    synced = True
+                except OSError as err:
+                    if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    unsupported = True
+                    log.warning("%s cannot be flushed to stable storage (%s)", cp.temp_path, err)
+            if unsupported:
+                cp = replace(cp, durable=False)  # then a resume after a reboot will not trust it
+            pin = self.source.data_pin
+            if pin != cp.data_pin:
+                cp = replace(cp, data_pin=pin)
+            self.sink.save(cp, changed)
+
+        return write
 
     # ------------------------------------------------------------------ one pinned version
     def _run_version(
@@ -238,15 +331,19 @@ class Downloader:
     ) -> DownloadResult:
         opts = self.options
         length = self._length(remote)
+        boot = current_boot_id()
         if cp is None:
+            self.source.restore_pin(None)
             cp = DownloadCheckpoint(
                 self.source.path,
                 remote,
                 self.destination,
-                temp_path_for(self.destination),
+                self._temp,
                 opts.offset,
                 length,
                 opts.chunk_size_bytes,
+                boot_id=boot,
+                durable=opts.durable_checkpoints,
             )
             # Fail at once if the disk cannot hold the file. (No posix_fallocate: on tmpfs it would
             # allocate every page serially before the first byte arrives; a disk that fills up later
@@ -261,12 +358,16 @@ class Downloader:
                 os.close(fd)
             self.sink.save(cp, frozenset())
         else:
+            self.source.restore_pin(cp.data_pin)
+            # from now on this try writes it: its first write makes every chunk on disk durable
+            cp = replace(cp, boot_id=boot, durable=opts.durable_checkpoints)
             log.info(
                 "Resuming download of %s: %d of %d chunks already on disk",
                 self.source.path,
                 len(cp.done_chunks),
                 cp.chunk_count,
             )
+        self._chunk_size, self._chunk_count = cp.chunk_size, cp.chunk_count
         resumed_chunks, resumed_bytes = len(cp.done_chunks), cp.bytes_done
         self._budget = RecoveryBudget(
             opts.max_total_retries if opts.max_total_retries is not None else 10 + 2 * cp.chunk_count
@@ -283,7 +384,10 @@ class Downloader:
             BandwidthLimiter(opts.bandwidth_limit_bytes_per_s) if opts.bandwidth_limit_bytes_per_s else None
         )
         todo = [i for i in range(cp.chunk_count) if i not in cp.done_chunks]
-        saver: CoalescingSaver[DownloadCheckpoint] = CoalescingSaver(self.sink.save)
+        sync_fd = os.open(cp.temp_path, os.O_RDONLY) if opts.durable_checkpoints else None
+        saver: CoalescingSaver[DownloadCheckpoint] = CoalescingSaver(
+            self._checkpoint_writer(sync_fd), min_interval_s=opts.checkpoint_interval_s
+        )
         state = {"cp": cp}
         hasher = _InOrderHasher(cp, self._stop) if opts.compute_sha256 else None
 
@@ -310,16 +414,27 @@ class Downloader:
                 min(opts.parallelism, max(1, len(todo))),
                 worker,
                 stop=self._stop,
-                flush=lambda: saver.flush(state["cp"]),
+                flush=lambda: self._final_checkpoint(saver, state["cp"]),
                 name="download",
                 severity=(InsufficientSpaceError, RemoteChangedError, FatalError, TransferError),
             )
         finally:
             saver.close()
+            if sync_fd is not None:
+                os.close(sync_fd)
         digest = hasher.result() if hasher is not None else None
         return self._finish(
             state["cp"], remote, tracker, started, resumed_chunks, resumed_bytes, restarted, digest
         )
+
+    @staticmethod
+    def _final_checkpoint(saver: CoalescingSaver[DownloadCheckpoint], cp: DownloadCheckpoint) -> None:
+        """Save how far a stopped try got; a finished one skips it: the checkpoint is deleted right
+        after the rename, and its flush would make the end of every download wait for the disk."""
+        if len(cp.done_chunks) == cp.chunk_count:
+            saver.drop()
+        else:
+            saver.flush(cp)
 
     def _fetch_chunk(
         self,
@@ -367,7 +482,7 @@ class Downloader:
                     self.options.retry,
                     budget=self._budget,
                     cancel=self._stop,
-                    on_retry=self._count_retry,
+                    on_retry=functools.partial(self._count_retry, start),
                 )
                 return
             except UrlExpiredError as err:
@@ -377,10 +492,18 @@ class Downloader:
                 log.info("download URL expired; minting a new one (%s)", err)
                 self.source.invalidate_url()
 
-    def _count_retry(self, attempt: int, err: TransferError, delay: float) -> None:
+    def _count_retry(self, start: int, attempt: int, err: TransferError, delay: float) -> None:
         with self._lock:
             self._retries += 1
-        log.info("%s: retry %d in %.1f s after %s", self.source.path, attempt, delay, err)
+        log.info(
+            "%s: chunk %d/%d: retry %d in %.1f s after %s",
+            self.source.path,
+            start // self._chunk_size + 1,
+            self._chunk_count,
+            attempt,
+            delay,
+            err,
+        )
 
     def _finish(
         self,
@@ -398,10 +521,11 @@ class Downloader:
         if size != cp.length:
             raise FatalError(f"downloaded {size} bytes, expected {cp.length}")
         if opts.expected_sha256 is not None and digest != opts.expected_sha256.lower():
-            self._discard(cp.temp_path)
+            self._discard()
             self.sink.clear()
-            raise RemoteChangedError(
-                f"SHA-256 of {self.source.path} is {digest}, expected {opts.expected_sha256}"
+            raise ChecksumMismatchError(
+                f"SHA-256 of {self.source.path} is {digest}, expected {opts.expected_sha256.lower()}; "
+                "removed the partial file"
             )
         # one last look: the object must still be the version we pinned (a HEAD is cheap)
         if self.source.stat() != remote:

@@ -16,6 +16,7 @@ Airflow glue never look at HTTP status codes or SDK exception classes.
         ├── AlreadyExistsError
         ├── RemoteChangedError     the remote object changed under a download (ETag/Last-Modified)
         ├── SourceChangedError     the local source changed during or between tries
+        ├── ChecksumMismatchError  the downloaded bytes are not the expected SHA-256
         ├── CheckpointError        a checkpoint that is corrupt, foreign or from the future
         ├── InsufficientSpaceError the local disk is full
         ├── MultipartUnavailableError the workspace offers no multipart/presigned upload here
@@ -75,6 +76,10 @@ class RemoteChangedError(FatalError):
 
 class SourceChangedError(FatalError):
     """The local source is not the file the transfer (or its checkpoint) was planned for."""
+
+
+class ChecksumMismatchError(FatalError):
+    """The downloaded bytes do not have the SHA-256 the caller expected; fetching again cannot help."""
 
 
 class CheckpointError(FatalError):

@@ -76,6 +76,14 @@ class DownloadSource(Protocol):
     def open_range(self, start: int, length: int, pinned: RemoteVersion) -> RangeReader:
         """Bytes [start, start+length) of the pinned version; RemoteChangedError if it changed."""
 
+    @property
+    def data_pin(self) -> str | None:
+        """What the data path itself pins (e.g. the storage ETag of the first ranged response), opaque
+        to the engine; None until learnt. Stored in the checkpoint so a resumed try reads that version."""
+
+    def restore_pin(self, pin: str | None) -> None:
+        """Pin the data path to ``pin`` (from a checkpoint), or forget the pin (None) for a fresh start."""
+
     def invalidate_url(self) -> None:
         """Forget a cached presigned URL (after UrlExpiredError)."""
 

@@ -74,10 +74,14 @@ class UploadOptions:
     url_refresh_margin_s: float = 300.0
     limits: BackendLimits = FILES_API_S3
     progress_interval_s: float = 10.0
+    # at most one checkpoint write per interval; the final state is always written
+    checkpoint_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.parallelism <= 64:
             raise ValueError("parallelism must be in 1..64")
+        if self.checkpoint_interval_s < 0:
+            raise ValueError("checkpoint_interval_s must be >= 0")
         if self.url_batch < 1:
             raise ValueError("url_batch must be >= 1")
         if self.bandwidth_limit_bytes_per_s is not None and self.bandwidth_limit_bytes_per_s <= 0:
@@ -379,7 +383,9 @@ class Uploader:
         self._budget = RecoveryBudget(
             opts.max_total_retries if opts.max_total_retries is not None else 10 + 2 * cp.part_count
         )
-        saver: CoalescingSaver[UploadCheckpoint] = CoalescingSaver(self.sink.save)
+        saver: CoalescingSaver[UploadCheckpoint] = CoalescingSaver(
+            self.sink.save, min_interval_s=self.options.checkpoint_interval_s
+        )
         try:
             if cp.protocol == "resumable":
                 return self._resumable(cp, saver, started, restarted)

@@ -21,6 +21,7 @@ from airflow_databricks_transfer.engine.errors import (
     AlreadyExistsError,
     AuthError,
     CheckpointError,
+    ChecksumMismatchError,
     InvalidRequestError,
     MultipartUnavailableError,
     RemoteNotFoundError,
@@ -41,6 +42,7 @@ _NOT_RETRYABLE = (
     MultipartUnavailableError,
     # the local source is not the file the upload was planned for: a retry would meet the same file
     SourceChangedError,
+    ChecksumMismatchError,  # the remote bytes are not what the caller expects: fetching again won't help
     # a missing connection, or one without host or credentials (ValueError from the hook)
     AirflowNotFoundException,
     ValueError,
@@ -95,6 +97,8 @@ class _FilesTransferOperator(BaseOperator):
         different keys).
     :param transfer_retry: per-request backoff inside one try (attempts, delays, Retry-After cap);
         Airflow's own ``retries`` then re-run the task, which resumes from its checkpoint.
+    :param checkpoint_interval_s: least time between two checkpoint writes to the task state store
+        (each costs API calls; the final state is always written). Default 1 s.
     """
 
     template_fields: Sequence[str] = (
@@ -119,9 +123,11 @@ class _FilesTransferOperator(BaseOperator):
         progress_interval_s: float = 30.0,
         checkpoint_key: str = "checkpoint",
         transfer_retry: RetryPolicy | None = None,
+        checkpoint_interval_s: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.checkpoint_interval_s = checkpoint_interval_s
         self.transfer_retry = transfer_retry or RetryPolicy()
         self.local_path = local_path
         self.volume_path = volume_path
@@ -188,6 +194,8 @@ class LocalFilesystemToDatabricksVolumeOperator(_FilesTransferOperator):
         different keys).
     :param transfer_retry: per-request backoff inside one try (attempts, delays, Retry-After cap);
         Airflow's own ``retries`` then re-run the task, which resumes from its checkpoint.
+    :param checkpoint_interval_s: least time between two checkpoint writes to the task state store
+        (each costs API calls; the final state is always written). Default 1 s.
 
     A source that changes during or between tries fails the task without retries (``SourceChangedError``).
     """
@@ -236,6 +244,7 @@ class LocalFilesystemToDatabricksVolumeOperator(_FilesTransferOperator):
                 self.bandwidth_limit_bytes_per_s, "bandwidth_limit_bytes_per_s"
             ),
             progress_interval_s=self.progress_interval_s,
+            checkpoint_interval_s=self.checkpoint_interval_s,
             retry=self.transfer_retry,
         )
         try:
@@ -286,6 +295,8 @@ class DatabricksVolumeToLocalFilesystemOperator(_FilesTransferOperator):
         different keys).
     :param transfer_retry: per-request backoff inside one try (attempts, delays, Retry-After cap);
         Airflow's own ``retries`` then re-run the task, which resumes from its checkpoint.
+    :param checkpoint_interval_s: least time between two checkpoint writes to the task state store
+        (each costs API calls; the final state is always written). Default 1 s.
     """
 
     _local_is_input = False
@@ -342,6 +353,7 @@ class DatabricksVolumeToLocalFilesystemOperator(_FilesTransferOperator):
             ),
             progress_interval_s=self.progress_interval_s,
             fsync=self.fsync,
+            checkpoint_interval_s=self.checkpoint_interval_s,
             retry=self.transfer_retry,
         )
         try:

@@ -83,6 +83,7 @@ def up_opts(**kw: Any) -> UploadOptions:
         "parallelism": 3,
         "multipart_threshold_bytes": 1,
         "retry": FAST_RETRY,
+        "checkpoint_interval_s": 0,  # these tests act on (and count) every single checkpoint write
     }
     return UploadOptions(**{**defaults, **kw})
 
@@ -93,6 +94,7 @@ def down_opts(**kw: Any) -> DownloadOptions:
         "buffer_size_bytes": 256 * 1024,
         "parallelism": 3,
         "retry": FAST_RETRY,
+        "checkpoint_interval_s": 0,
     }
     return DownloadOptions(**{**defaults, **kw})
 

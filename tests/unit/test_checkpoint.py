@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -148,15 +149,54 @@ def test_download_round_trip() -> None:
     assert cp.bytes_done == 3 * 8 * MiB + (100 * MiB + 1 - 12 * 8 * MiB)
 
 
+def _download_v2() -> DownloadCheckpoint:
+    return replace(
+        _download(),
+        boot_id="6f2c1c8e-3a4b-4d0e-9a51-0c6b1f0e2d7a",
+        durable=True,
+        data_pin='presigned "0f1e2d3c4b5a69788796a5b4c3d2e1f0"',
+    )
+
+
 @pytest.mark.parametrize(
-    ("name", "cls"),
-    [("upload_checkpoint_v1.json", UploadCheckpoint), ("download_checkpoint_v1.json", DownloadCheckpoint)],
+    ("name", "expected"),
+    [
+        ("upload_checkpoint_v1.json", lambda: _upload(parts=30, done=17)),
+        ("download_checkpoint_v1.json", _download),
+        ("download_checkpoint_v2.json", _download_v2),
+    ],
 )
-def test_golden_files_keep_loading(name: str, cls: type[UploadCheckpoint] | type[DownloadCheckpoint]) -> None:
+def test_golden_files_keep_loading(name: str, expected: Any) -> None:
     """Checkpoints written by released versions must load forever (or upgrade); never edit these files."""
-    loaded = cls.from_json((GOLDEN / name).read_text())
-    expected = _upload(parts=30, done=17) if cls is UploadCheckpoint else _download()
-    assert loaded == expected
+    want = expected()
+    loaded = type(want).from_json((GOLDEN / name).read_text())
+    assert loaded == want
+
+
+def test_download_v2_round_trip_and_v1_upgrade_is_not_durable() -> None:
+    cp = _download_v2()
+    assert cp.version == 2
+    assert DownloadCheckpoint.from_json(cp.to_json()) == cp
+    # a v1 writer never made chunks durable before naming them, nor noted the boot: unproven chunks
+    old = DownloadCheckpoint.from_json((GOLDEN / "download_checkpoint_v1.json").read_text())
+    assert (old.version, old.boot_id, old.durable, old.data_pin) == (2, None, False, None)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(durable="yes"), "expected true or false"),
+        (lambda d: d.update(boot_id=7), "expected a string or null"),
+        (lambda d: d.pop("durable"), "corrupt download checkpoint"),
+        (lambda d: d.update(version=3), "newer than this package understands"),
+        (lambda d: d.update(data_pin='presigned "x"\r\nX-Injected: 1'), "printable ASCII"),
+    ],
+)
+def test_bad_download_checkpoints_are_refused(mutate: Any, message: str) -> None:
+    data = _download_v2().to_dict()
+    mutate(data)
+    with pytest.raises(CheckpointError, match=message):
+        DownloadCheckpoint.from_dict(data)
 
 
 def test_older_versions_are_upgraded(monkeypatch: pytest.MonkeyPatch) -> None:

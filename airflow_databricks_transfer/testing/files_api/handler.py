@@ -653,6 +653,8 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             "ETag": meta.etag,
             "Accept-Ranges": "bytes",
         }
+        if not presigned and not self.server.settings.files_api_etag:
+            del headers["ETag"]
         rng = self.headers.get("Range")
         if rng:
             parsed = _RANGE_RE.match(rng.strip())

@@ -39,6 +39,9 @@ class EmulatorSettings:
     # Benchmark sink: multipart part bodies are read and dropped, and complete-upload makes a sparse
     # file of the right size (zeros). Only for measuring clients faster than a storing server.
     discard_part_bodies: bool = False
+    # False: the workspace's own HEAD/GET /fs/files answer no ETag (the SDK reads none there; a client
+    # must then pin a download by the ETag its presigned GETs carry, as cloud storage always sends one).
+    files_api_etag: bool = True
     # Move request bodies socket -> pipe -> file with splice(2) where the platform has it.
     use_splice: bool = True
     default_catalogs: tuple[str, ...] = field(default=("main",))
