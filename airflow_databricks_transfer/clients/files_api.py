@@ -517,17 +517,19 @@ class FilesApiDownloadSource:
                 self._url = PresignedUrl(answer["url"], headers, expires_at)
             return self._url
 
-    def open_range(self, start: int, length: int, pinned: RemoteVersion) -> _RangeReader:
+    def open_range(
+        self, start: int, length: int, pinned: RemoteVersion, *, cancel: threading.Event | None = None
+    ) -> _RangeReader:
         headers = {"Range": f"bytes={start}-{start + length - 1}", "Accept": "application/octet-stream"}
         if pinned.last_modified:
             headers["If-Unmodified-Since"] = pinned.last_modified
         url = self._presigned()
         if url is not None:
-            resp = self.client.http.request("GET", url.url, {**dict(url.headers), **headers})
+            resp = self.client.http.request("GET", url.url, {**dict(url.headers), **headers}, cancel=cancel)
         else:
             if pinned.etag:
                 headers["If-Match"] = pinned.etag
-            resp = self.client.workspace_request("GET", f"{FILES}{self._q}", headers=headers)
+            resp = self.client.workspace_request("GET", f"{FILES}{self._q}", headers=headers, cancel=cancel)
         if resp.status not in (200, 206):
             body = resp.read()
             raise http_error(resp.status, body, resp.headers, f"download {self._path}")

@@ -7,8 +7,9 @@ as ``send`` calls on slices of one memoryview (or ``sendfile`` from a file): no 
 
 Timeouts are inactivity timeouts, not deadlines: a part may take as long as the link needs, as long
 as the peer keeps taking bytes (a 60 s deadline used to fail every 16 MiB part below ~270 KiB/s).
-A blocked send wakes every ``_TICK_S`` to look at the cancel event, so ``cancel()`` stops a send in
-flight within about a second. An optional ``pace`` callback is called before each piece, which is
+A blocked send wakes every ``_TICK_S`` to look at the cancel event, and a watcher shuts down the socket
+of a request whose cancel event is set (a blocked receive then returns at once), so ``cancel()`` stops a
+transfer in flight within about a second. An optional ``pace`` callback is called before each piece, which is
 how a bandwidth limit applies to bytes as they go instead of to whole parts.
 
 Proxies and CA bundles follow the environment as ``requests`` (and so the SDK's control calls) does:
@@ -63,6 +64,7 @@ class Response:
     _resp: http.client.HTTPResponse
     _conn: http.client.HTTPConnection
     _pool: HttpPool
+    _cancel: threading.Event | None = None
 
     def read(self, limit: int = 1 << 20) -> bytes:
         """Read a (small) body completely; the connection is then reused."""
@@ -72,24 +74,38 @@ class Response:
                 self._resp.read()  # drain anything above the limit so the connection stays usable
         except _NETWORK_ERRORS as err:
             self._pool.discard(self._conn)
+            self._raise_cancelled(err)
             raise ConnectionLostError(f"connection lost while reading a response: {err}") from err
+        finally:
+            _WATCH.remove(self._conn)
         return data
+
+    def _raise_cancelled(self, err: BaseException) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            raise Cancelled("receive cancelled") from err
 
     def readinto(self, buf: memoryview) -> int:
         """Each receive waits at most the pool's timeout: a slow body is fine, a silent one is not."""
         try:
-            return self._resp.readinto(buf)
+            n = self._resp.readinto(buf)
         except http.client.IncompleteRead as err:
             self._pool.discard(self._conn)
+            self._raise_cancelled(err)
             raise ConnectionLostError(
                 f"response body ended early ({len(err.partial)} bytes in the last read)"
             ) from err
         except _NETWORK_ERRORS as err:
             self._pool.discard(self._conn)
+            self._raise_cancelled(err)
             raise ConnectionLostError(f"connection lost while reading a body: {err}") from err
+        if n == 0 and len(buf) and self._cancel is not None and self._cancel.is_set():
+            self._pool.discard(self._conn)
+            raise Cancelled("receive cancelled")
+        return n
 
     def close(self) -> None:
         """Give the connection back if the body was read to the end, else drop it."""
+        _WATCH.remove(self._conn)
         if not self._resp.isclosed() or self._resp.will_close:
             self._pool.discard(self._conn)
         self._resp.close()
@@ -190,6 +206,7 @@ class HttpPool:
                 conn.close()
 
     def discard(self, conn: http.client.HTTPConnection) -> None:
+        _WATCH.remove(conn)
         conns = self._conns()
         for key, value in list(conns.items()):
             if value is conn:
@@ -239,6 +256,7 @@ class HttpPool:
         try:
             if conn.sock is None:
                 conn.connect()
+            _WATCH.watch(conn, cancel)
             conn.putrequest(method, target, skip_accept_encoding=True)
             conn.putheader("User-Agent", USER_AGENT)
             for k, v in route.proxy_headers:
@@ -263,7 +281,7 @@ class HttpPool:
             raise ConnectionLostError(f"{method} {parts.netloc}{parts.path}: {err}") from err
         if not sent_ok:
             self.discard(conn)  # the server answered before taking the whole body
-        return Response(resp.status, resp.headers, resp, conn, self)
+        return Response(resp.status, resp.headers, resp, conn, self, cancel)
 
     def _send_body(
         self,
@@ -357,6 +375,53 @@ class HttpPool:
                     raise ConnectionLostError(f"sent {off} of {size} bytes: did the file shrink?")
                 off += n
                 watch.reset()
+
+
+class _CancelWatch:
+    """Shuts down the socket of a request whose cancel event is set, so a receive blocked on a silent
+    server (waiting for an answer, or mid-body) returns at once instead of after the timeout.
+
+    One daemon thread for the process, alive only while some request with a cancel event is in flight.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[http.client.HTTPConnection, threading.Event] = {}
+        self._thread: threading.Thread | None = None
+
+    def watch(self, conn: http.client.HTTPConnection, cancel: threading.Event | None) -> None:
+        with self._lock:
+            if cancel is None:
+                self._items.pop(conn, None)  # a reused connection must not keep an old request's event
+                return
+            self._items[conn] = cancel
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="http-cancel-watch", daemon=True)
+                self._thread.start()
+
+    def remove(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            self._items.pop(conn, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._items:
+                    self._thread = None
+                    return
+                fired = [conn for conn, cancel in self._items.items() if cancel.is_set()]
+                for conn in fired:
+                    del self._items[conn]
+            for conn in fired:
+                sock = conn.sock
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        # the plain socket's shutdown: SSLSocket.shutdown would also drop its TLS state
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            time.sleep(_TICK_S)
+
+
+_WATCH = _CancelWatch()
 
 
 class _Progress:

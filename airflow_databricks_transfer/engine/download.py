@@ -347,7 +347,9 @@ class Downloader:
 
             def attempt() -> None:
                 nonlocal done
-                reader = self.source.open_range(self.options.offset + start + done, size - done, remote)
+                reader = self.source.open_range(
+                    self.options.offset + start + done, size - done, remote, cancel=self._stop
+                )
                 try:
                     while done < size:
                         n = reader.readinto(buf[: min(len(buf), size - done)])

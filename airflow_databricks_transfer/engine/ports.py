@@ -102,8 +102,13 @@ class DownloadSource(Protocol):
     def stat(self) -> RemoteVersion:
         """RemoteNotFoundError when missing."""
 
-    def open_range(self, start: int, length: int, pinned: RemoteVersion) -> RangeReader:
-        """Bytes [start, start+length) of the pinned version; RemoteChangedError if it changed."""
+    def open_range(
+        self, start: int, length: int, pinned: RemoteVersion, *, cancel: threading.Event | None = None
+    ) -> RangeReader:
+        """Bytes [start, start+length) of the pinned version; RemoteChangedError if it changed.
+
+        Once ``cancel`` is set, a read blocked on the server ends within about a second (``Cancelled``).
+        """
 
     def invalidate_url(self) -> None:
         """Forget a cached presigned URL (after UrlExpiredError)."""

@@ -605,3 +605,46 @@ def test_uploader_cancel_aborts_a_part_in_flight(
     assert outcome and isinstance(outcome[0], Cancelled), outcome
     # the stalled server answers after 10 s: the old sendall sat there until then
     assert waited < 5.0, f"cancel took {waited:.1f} s"
+
+
+def test_downloader_cancel_aborts_a_receive_in_flight(
+    files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    """Every ranged GET stalls 10 s before the server answers; cancel() must not wait for it."""
+    from databricks.sdk import WorkspaceClient
+    from databricks.sdk.core import Config
+
+    from airflow_databricks_transfer.clients.files_api import FilesApiClient
+    from airflow_databricks_transfer.engine.download import Downloader, DownloadOptions
+
+    emu = files_api_emulator
+    client = FilesApiClient(WorkspaceClient(config=Config(host=emu.url, token=emu.token)))
+    path = "/Volumes/main/default/landing/stalled.bin"
+    resp = client.workspace_request(
+        "PUT", f"/api/2.0/fs/files{path}?overwrite=true", body=memoryview(os.urandom(4 * MiB))
+    )
+    assert resp.read() == b"" or resp.status < 300
+    emu.add_fault(route="presigned.download", delay_s=10, times=None)
+    downloader = Downloader(
+        client.download_source(path), tmp_path / "out", DownloadOptions(chunk_size_bytes=MiB, parallelism=2)
+    )
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            downloader.run()
+            outcome.append(None)
+        except BaseException as err:  # noqa: BLE001 - inspected below
+            outcome.append(err)
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(2.0)  # stat, download URL, and both workers waiting for their (stalled) answers
+    cancelled_at = time.monotonic()
+    downloader.cancel()
+    t.join(30)
+    waited = time.monotonic() - cancelled_at
+    client.http.close()
+    assert outcome and isinstance(outcome[0], Cancelled), outcome
+    # the stalled server answers after 10 s: the old receive sat there until then
+    assert waited < 5.0, f"cancel took {waited:.1f} s"
