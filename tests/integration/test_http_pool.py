@@ -648,3 +648,69 @@ def test_downloader_cancel_aborts_a_receive_in_flight(
     assert outcome and isinstance(outcome[0], Cancelled), outcome
     # the stalled server answers after 10 s: the old receive sat there until then
     assert waited < 5.0, f"cancel took {waited:.1f} s"
+
+
+def test_hook_cancel_aborts_a_send_and_the_hook_closes_its_sockets(
+    files_api_emulator: FilesApiEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """DatabricksFilesHook.cancel() (what on_kill calls) during stalled part sends."""
+    import json
+
+    from airflow_databricks_transfer.engine.upload import UploadOptions
+    from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
+
+    emu = files_api_emulator
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    conn = {"conn_type": "databricks", "host": emu.url, "password": emu.token}
+    monkeypatch.setenv("AIRFLOW_CONN_DBX_CANCEL", json.dumps(conn))
+    hook = DatabricksFilesHook("dbx_cancel")
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(16 * MiB))
+    emu.add_fault(route="presigned.part", delay_s=10, times=None)
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            hook.upload_file(
+                str(src),
+                "/Volumes/main/default/landing/hook-cancel.bin",
+                options=UploadOptions(part_size_bytes=8 * MiB, parallelism=2, multipart_threshold_bytes=1),
+            )
+            outcome.append(None)
+        except BaseException as err:  # noqa: BLE001 - inspected below
+            outcome.append(err)
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(3.0)  # connection lookup, session, part URLs, both workers into their stalled sends
+    cancelled_at = time.monotonic()
+    hook.cancel()
+    t.join(30)
+    waited = time.monotonic() - cancelled_at
+    assert outcome and isinstance(outcome[0], Cancelled), outcome
+    assert waited < 5.0, f"cancel took {waited:.1f} s"
+    assert hook.client.http.open_connections() == 0  # the workers' sockets went with the transfer
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["sendfile", "tls"])
+def test_a_file_body_goes_out_whole(
+    tls: bool,
+    tls_server: tuple[EchoServer, Path],
+    echo: EchoServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """put_single's path: sendfile on plain sockets, pieces read from the file over TLS."""
+    srv, cert = tls_server
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    body = tmp_path / "body"
+    body.write_bytes(os.urandom(9 * MiB + 7))
+    url = f"https://localhost:{srv.port}/f" if tls else f"http://127.0.0.1:{echo.port}/f"
+    paced: list[int] = []
+    pool = HttpPool(timeout_s=10)
+    try:
+        resp = pool.request("PUT", url, {}, body_file=(str(body), 9 * MiB + 7), pace=paced.append)
+        assert resp.read() == f"PUT /f {9 * MiB + 7}".encode()
+        assert sum(paced) == 9 * MiB + 7
+    finally:
+        pool.close()
