@@ -212,6 +212,7 @@ class CountingProxy(socketserver.ThreadingTCPServer):
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
+        self.auth: list[str | None] = []  # the Proxy-Authorization header of each request or CONNECT
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.port = self.server_address[1]
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -231,6 +232,14 @@ class _ProxyHandler(socketserver.StreamRequestHandler):
         while (h := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
             head.append(h)
         self.server.seen.append((method, target))
+        auth = [
+            h.split(b":", 1)[1].strip().decode()
+            for h in head
+            if h.lower().startswith(b"proxy-authorization:")
+        ]
+        self.server.auth.append(auth[0] if auth else None)
+        if method != "CONNECT":  # a proxy does not pass its credentials on
+            head = [h for h in head if not h.lower().startswith(b"proxy-authorization:")]
         if method == "CONNECT":
             host, port = target.rsplit(":", 1)
             upstream = socket.create_connection((host, int(port)))
@@ -531,6 +540,7 @@ def test_https_goes_through_a_connect_tunnel(
             resp = pool.request("PUT", f"https://localhost:{srv.port}/t?x=1", {}, body=b"abc")
             assert resp.read() == b"PUT /t?x=1 3"
         assert proxy.seen == [("CONNECT", f"localhost:{srv.port}")]  # one tunnel, kept alive
+        assert proxy.auth == ["Basic dXNlcjpzZWNyZXQ="]  # user:secret from HTTPS_PROXY
     finally:
         pool.close()
 
@@ -538,13 +548,14 @@ def test_https_goes_through_a_connect_tunnel(
 def test_http_goes_to_the_proxy_in_absolute_form(
     echo: EchoServer, proxy: CountingProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("http_proxy", f"http://us%40er:p%3Ass@127.0.0.1:{proxy.port}")
     pool = HttpPool(timeout_s=10)
     try:
         url = f"http://127.0.0.1:{echo.port}/abs"
         resp = pool.request("PUT", url, {}, body=b"hello")
         assert resp.read() == b"PUT /abs 5"
         assert proxy.seen == [("PUT", url)]
+        assert proxy.auth == ["Basic dXNAZXI6cDpzcw=="]  # "us@er:p:ss", unquoted
     finally:
         pool.close()
 
