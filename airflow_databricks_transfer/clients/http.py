@@ -244,7 +244,8 @@ class HttpPool:
     ) -> Response:
         """Send one request. ``body_file`` is (path, size): streamed with sendfile, not read into memory.
 
-        ``cancel`` stops the send within about ``_TICK_S`` (``Cancelled``); ``pace(n)`` is called
+        ``cancel`` stops the request within about a second (``Cancelled``), whether it is sending,
+        waiting for the answer or (through the ``Response``) reading the body; ``pace(n)`` is called
         before each piece of n bytes goes out and may block (a bandwidth limit).
         """
         parts = urlsplit(url)
@@ -270,15 +271,15 @@ class HttpPool:
             sent_ok = self._send_body(conn.sock, body, body_file, cancel, pace)
             conn.sock.settimeout(self.timeout_s)
             resp = conn.getresponse()
-        except Cancelled:
-            self.discard(conn)
-            raise
         except _NETWORK_ERRORS as err:
             # no blind re-send: the caller decides (a resumable upload must first ask how far it got)
             self.discard(conn)
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"{method} {parts.netloc}{parts.path}: cancelled") from err
             raise ConnectionLostError(f"{method} {parts.netloc}{parts.path}: {err}") from err
+        except BaseException:
+            self.discard(conn)  # cancelled, a shrunk file, a failing pace: never reuse a half-sent request
+            raise
         if not sent_ok:
             self.discard(conn)  # the server answered before taking the whole body
         return Response(resp.status, resp.headers, resp, conn, self, cancel)

@@ -743,3 +743,18 @@ def test_a_file_body_goes_out_whole(
         assert sum(paced) == 9 * MiB + 7
     finally:
         pool.close()
+
+
+def test_a_half_sent_request_never_reuses_its_connection(echo: EchoServer, tmp_path: Path) -> None:
+    """A file that shrank under sendfile leaves the server waiting for body bytes: that connection is
+    dropped, so the next request is not read as the rest of the old body."""
+    body = tmp_path / "short"
+    body.write_bytes(os.urandom(MiB))
+    pool = HttpPool(timeout_s=5)
+    url = f"http://127.0.0.1:{echo.port}/s"
+    try:
+        with pytest.raises(ConnectionLostError, match="did the file shrink"):
+            pool.request("PUT", url, {}, body_file=(str(body), 2 * MiB))
+        assert pool.request("GET", url).read() == b"GET /s 0"
+    finally:
+        pool.close()
