@@ -444,7 +444,7 @@ class _Progress:
             self._last = now
         self._queued = queued
         if now - self._last >= self._timeout:
-            raise TimeoutError(f"no progress for {self._timeout:.0f} s after sending {sent} of {total} bytes")
+            raise TimeoutError(f"no progress for {self._timeout:g} s after sending {sent} of {total} bytes")
 
 
 def _unsent(sock: socket.socket) -> int | None:
