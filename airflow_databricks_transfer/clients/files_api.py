@@ -41,7 +41,7 @@ from airflow_databricks_transfer.engine.errors import (
     TransferError,
     UrlExpiredError,
 )
-from airflow_databricks_transfer.engine.ports import PresignedUrl, UploadSession
+from airflow_databricks_transfer.engine.ports import Pace, PresignedUrl, UploadSession
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,8 @@ class FilesApiClient:
         headers: Mapping[str, str] | None = None,
         body: memoryview | None = None,
         body_file: tuple[str, int] | None = None,
+        cancel: threading.Event | None = None,
+        pace: Pace | None = None,
     ) -> Response:
         return self.http.request(
             method,
@@ -231,6 +233,8 @@ class FilesApiClient:
             {**self.auth_headers(), **(headers or {})},
             body=body,
             body_file=body_file,
+            cancel=cancel,
+            pace=pace,
         )
 
     # ------------------------------------------------------------------ metadata and directories
@@ -306,12 +310,22 @@ class FilesApiUploadTarget:
     def stat(self) -> RemoteVersion | None:
         return self.client.stat(self._path)
 
-    def put_single(self, source_path: str, size: int, *, overwrite: bool) -> None:
+    def put_single(
+        self,
+        source_path: str,
+        size: int,
+        *,
+        overwrite: bool,
+        cancel: threading.Event | None = None,
+        pace: Pace | None = None,
+    ) -> None:
         resp = self.client.workspace_request(
             "PUT",
             f"{FILES}{self._q}?overwrite={str(overwrite).lower()}",
             headers={"Content-Type": "application/octet-stream"},
             body_file=(source_path, size),
+            cancel=cancel,
+            pace=pace,
         )
         body = resp.read()
         if resp.status >= 300:
@@ -352,9 +366,16 @@ class FilesApiUploadTarget:
             urls[int(item["part_number"])] = PresignedUrl(item["url"], headers, expires_at)
         return urls
 
-    def put_part(self, url: PresignedUrl, body: memoryview) -> str:
+    def put_part(
+        self,
+        url: PresignedUrl,
+        body: memoryview,
+        *,
+        cancel: threading.Event | None = None,
+        pace: Pace | None = None,
+    ) -> str:
         headers = {"Content-Type": "application/octet-stream", **dict(url.headers)}
-        resp = self.client.http.request("PUT", url.url, headers, body=body)
+        resp = self.client.http.request("PUT", url.url, headers, body=body, cancel=cancel, pace=pace)
         data = resp.read()
         if resp.status not in (200, 201):
             raise http_error(
@@ -405,14 +426,23 @@ class FilesApiUploadTarget:
             raise AlreadyExistsError(f"{self._path} already exists (412 from the resumable upload)")
         raise http_error(resp.status, data, resp.headers, what, session_call=resp.status == 404)
 
-    def put_chunk(self, url: PresignedUrl, body: memoryview, offset: int, total: int | None) -> int | None:
+    def put_chunk(
+        self,
+        url: PresignedUrl,
+        body: memoryview,
+        offset: int,
+        total: int | None,
+        *,
+        cancel: threading.Event | None = None,
+        pace: Pace | None = None,
+    ) -> int | None:
         end = offset + len(body) - 1
         headers = {
             "Content-Type": "application/octet-stream",
             **dict(url.headers),
             "Content-Range": f"bytes {offset}-{end}/{'*' if total is None else total}",
         }
-        resp = self.client.http.request("PUT", url.url, headers, body=body)
+        resp = self.client.http.request("PUT", url.url, headers, body=body, cancel=cancel, pace=pace)
         return self._resumable_answer(resp, f"resumable chunk of {self._path}")
 
     def query_confirmed(self, url: PresignedUrl) -> int | None:
@@ -512,7 +542,9 @@ class FilesApiDownloadSource:
             )
         return etag
 
-    def open_range(self, start: int, length: int, pinned: RemoteVersion) -> _RangeReader:
+    def open_range(
+        self, start: int, length: int, pinned: RemoteVersion, *, cancel: threading.Event | None = None
+    ) -> _RangeReader:
         headers = {"Range": f"bytes={start}-{start + length - 1}", "Accept": "application/octet-stream"}
         if pinned.last_modified:
             headers["If-Unmodified-Since"] = pinned.last_modified
@@ -522,9 +554,9 @@ class FilesApiDownloadSource:
         if expected:
             headers["If-Match"] = expected
         if url is not None:
-            resp = self.client.http.request("GET", url.url, {**dict(url.headers), **headers})
+            resp = self.client.http.request("GET", url.url, {**dict(url.headers), **headers}, cancel=cancel)
         else:
-            resp = self.client.workspace_request("GET", f"{FILES}{self._q}", headers=headers)
+            resp = self.client.workspace_request("GET", f"{FILES}{self._q}", headers=headers, cancel=cancel)
         if resp.status not in (200, 206):
             body = resp.read()
             raise http_error(resp.status, body, resp.headers, f"download {self._path}")

@@ -35,7 +35,12 @@ from airflow_databricks_transfer.engine.errors import (
     UrlExpiredError,
 )
 from airflow_databricks_transfer.engine.ports import DownloadCheckpointSink, DownloadSource, NullSink
-from airflow_databricks_transfer.engine.progress import BandwidthLimiter, ProgressTracker, Subscriber
+from airflow_databricks_transfer.engine.progress import (
+    BandwidthLimiter,
+    ProgressTracker,
+    Subscriber,
+    throughput_mib_per_s,
+)
 from airflow_databricks_transfer.engine.retry import Cancelled, RecoveryBudget, RetryPolicy, call_with_retry
 from airflow_databricks_transfer.engine.saver import DEFAULT_MIN_INTERVAL_S, CoalescingSaver
 from airflow_databricks_transfer.engine.workers import run_workers
@@ -120,7 +125,8 @@ class DownloadResult:
 
     @property
     def mib_per_s(self) -> float:
-        return (self.bytes_received / MiB) / self.seconds if self.seconds > 0 else 0.0
+        """The same speed as the final progress line (``seconds`` is that event's elapsed time)."""
+        return throughput_mib_per_s(self.bytes_received, self.seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -372,17 +378,20 @@ class Downloader:
         self._budget = RecoveryBudget(
             opts.max_total_retries if opts.max_total_retries is not None else 10 + 2 * cp.chunk_count
         )
+        limiter = (
+            BandwidthLimiter(opts.bandwidth_limit_bytes_per_s) if opts.bandwidth_limit_bytes_per_s else None
+        )
         tracker = ProgressTracker(
             f"download {self.source.path}",
             length,
             cp.chunk_count,
             subscribers=self.subscribers,
             interval_s=opts.progress_interval_s,
+            unit="chunk",
+            started=started,
+            limiter=limiter,
         )
         tracker.resumed(resumed_bytes, resumed_chunks)
-        limiter = (
-            BandwidthLimiter(opts.bandwidth_limit_bytes_per_s) if opts.bandwidth_limit_bytes_per_s else None
-        )
         todo = [i for i in range(cp.chunk_count) if i not in cp.done_chunks]
         sync_fd = os.open(cp.temp_path, os.O_RDONLY) if opts.durable_checkpoints else None
         saver: CoalescingSaver[DownloadCheckpoint] = CoalescingSaver(
@@ -453,7 +462,9 @@ class Downloader:
 
             def attempt() -> None:
                 nonlocal done
-                reader = self.source.open_range(self.options.offset + start + done, size - done, remote)
+                reader = self.source.open_range(
+                    self.options.offset + start + done, size - done, remote, cancel=self._stop
+                )
                 try:
                     while done < size:
                         n = reader.readinto(buf[: min(len(buf), size - done)])
@@ -539,7 +550,7 @@ class Downloader:
         if not opts.overwrite and os.path.exists(self.destination):
             raise AlreadyExistsError(f"{self.destination} appeared during the download and overwrite is off")
         os.replace(cp.temp_path, self.destination)
-        tracker.finish()
+        final_event = tracker.finish()
         self.sink.clear()
         return DownloadResult(
             self.source.path,
@@ -550,7 +561,7 @@ class Downloader:
             resumed_bytes,
             cp.length - resumed_bytes,
             self._retries,
-            time.monotonic() - started,
+            final_event.elapsed_s,
             digest,
             remote.etag,
             restarted,

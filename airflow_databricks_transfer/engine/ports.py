@@ -5,11 +5,15 @@ Every method raises only the engine's error tree (``errors.py``), never a librar
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, RemoteVersion, UploadCheckpoint
+
+# Called with a byte count before those bytes are sent; may block (a bandwidth limit).
+Pace = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,15 @@ class UploadTarget(Protocol):
     def stat(self) -> RemoteVersion | None:
         """The current remote object, or None when there is none."""
 
-    def put_single(self, source_path: str, size: int, *, overwrite: bool) -> None:
+    def put_single(
+        self,
+        source_path: str,
+        size: int,
+        *,
+        overwrite: bool,
+        cancel: threading.Event | None = None,
+        pace: Pace | None = None,
+    ) -> None:
         """Stream ``size`` bytes of the file in one request."""
 
     def initiate(self, *, overwrite: bool) -> UploadSession: ...
@@ -44,8 +56,16 @@ class UploadTarget(Protocol):
     def part_urls(self, token: str, first: int, count: int) -> Mapping[int, PresignedUrl]:
         """URLs for parts first..first+count-1; SessionLostError if the session is gone."""
 
-    def put_part(self, url: PresignedUrl, body: memoryview) -> str:
-        """Send one part; returns its ETag."""
+    def put_part(
+        self,
+        url: PresignedUrl,
+        body: memoryview,
+        *,
+        cancel: threading.Event | None = None,
+        pace: Pace | None = None,
+    ) -> str:
+        """Send one part; returns its ETag. ``cancel`` stops a send in flight (``Cancelled``) within
+        about a second; ``pace(n)`` is called before each piece of n bytes goes out (a bandwidth limit)."""
 
     def complete(self, token: str, parts: Sequence[tuple[int, str]]) -> None: ...
 
@@ -53,7 +73,16 @@ class UploadTarget(Protocol):
 
     def resumable_url(self, token: str) -> PresignedUrl: ...
 
-    def put_chunk(self, url: PresignedUrl, body: memoryview, offset: int, total: int | None) -> int | None:
+    def put_chunk(
+        self,
+        url: PresignedUrl,
+        body: memoryview,
+        offset: int,
+        total: int | None,
+        *,
+        cancel: threading.Event | None = None,
+        pace: Pace | None = None,
+    ) -> int | None:
         """Send one resumable chunk; returns the confirmed byte count, or None once the upload is complete."""
 
     def query_confirmed(self, url: PresignedUrl) -> int | None:
@@ -73,8 +102,13 @@ class DownloadSource(Protocol):
     def stat(self) -> RemoteVersion:
         """RemoteNotFoundError when missing."""
 
-    def open_range(self, start: int, length: int, pinned: RemoteVersion) -> RangeReader:
-        """Bytes [start, start+length) of the pinned version; RemoteChangedError if it changed."""
+    def open_range(
+        self, start: int, length: int, pinned: RemoteVersion, *, cancel: threading.Event | None = None
+    ) -> RangeReader:
+        """Bytes [start, start+length) of the pinned version; RemoteChangedError if it changed.
+
+        Once ``cancel`` is set, a read blocked on the server ends within about a second (``Cancelled``).
+        """
 
     @property
     def data_pin(self) -> str | None:

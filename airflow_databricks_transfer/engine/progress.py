@@ -1,7 +1,11 @@
-"""Progress events (bytes, parts, rate, ETA) for subscribers, and an optional bandwidth limit.
+"""Progress events (bytes, parts or chunks, rate, ETA) for subscribers, and an optional bandwidth limit.
 
-Workers report every chunk; subscribers hear at most one event per ``interval_s`` (plus the final one),
+Workers report every piece; subscribers hear at most one event per ``interval_s`` (plus the final one),
 so a 10,000-part upload does not write 10,000 log lines.
+
+One speed: a transfer's rate is ``throughput_mib_per_s(bytes sent this try, seconds since the try
+began)``. The final event and the driver's result both use it, with the same clock start and the same
+end (the result takes its seconds from the final event), so the hook's line and the operator's agree.
 """
 
 from __future__ import annotations
@@ -17,6 +21,11 @@ from typing import Any, Protocol
 MiB = 1024 * 1024
 
 
+def throughput_mib_per_s(nbytes: int, seconds: float) -> float:
+    """The one definition of a transfer's speed: bytes moved in this try over its wall time."""
+    return (nbytes / MiB) / seconds if seconds > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class ProgressEvent:
     label: str
@@ -29,6 +38,13 @@ class ProgressEvent:
     rate_bps: float  # recent throughput of this try
     eta_s: float | None
     final: bool = False
+    unit: str = "part"  # what parts_done counts: "part" for uploads, "chunk" for downloads
+    throttled_s: float = 0.0  # time spent waiting for the bandwidth limit so far
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes moved in this try (not the resumed ones)."""
+        return self.bytes_done - self.bytes_resumed
 
     @property
     def percent(self) -> float:
@@ -36,7 +52,7 @@ class ProgressEvent:
 
     def describe(self) -> str:
         eta = "--" if self.eta_s is None else _duration(self.eta_s)
-        parts = f", part {self.parts_done}/{self.parts_total}" if self.parts_total > 1 else ""
+        parts = f", {self.unit} {self.parts_done}/{self.parts_total}" if self.parts_total > 1 else ""
         done, total = _size(self.bytes_done), _size(self.bytes_total)
         return (
             f"{self.label}: {self.percent:5.1f}% ({done} of {total}{parts}) "
@@ -76,8 +92,15 @@ class ProgressTracker:
         interval_s: float = 10.0,
         window_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        unit: str = "part",
+        started: float | None = None,
+        limiter: BandwidthLimiter | None = None,
     ) -> None:
+        """``started``: when the try began (its clock), so setup time counts in the rate like in the
+        driver's result; ``limiter``: its waiting time is reported, not hidden."""
         self.label = label
+        self.unit = unit
+        self.limiter = limiter
         self.bytes_total = bytes_total
         self.parts_total = parts_total
         self.subscribers = list(subscribers or [])
@@ -85,7 +108,7 @@ class ProgressTracker:
         self.window_s = window_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._start = clock()
+        self._start = clock() if started is None else started
         self._last_emit = self._start
         self._done = 0
         self._resumed = 0
@@ -136,8 +159,8 @@ class ProgressTracker:
         sent = self._done - self._resumed
         span = now - t0
         rate = (sent - b0) / span if span > 0 else 0.0
-        if final and elapsed > 0:
-            rate = sent / elapsed
+        if final:
+            rate = throughput_mib_per_s(sent, elapsed) * MiB
         remaining = max(0, self.bytes_total - self._done)
         eta = remaining / rate if rate > 0 else (0.0 if remaining == 0 else None)
         return ProgressEvent(
@@ -151,6 +174,8 @@ class ProgressTracker:
             rate,
             eta,
             final,
+            self.unit,
+            self.limiter.waited_s if self.limiter is not None else 0.0,
         )
 
     def _publish(self, event: ProgressEvent) -> None:
@@ -169,13 +194,19 @@ def log_progress(logger: InfoLogger | logging.Logger) -> Subscriber:
 
     def emit(event: ProgressEvent) -> None:
         if event.final:
+            throttled = (
+                f", workers held {event.throttled_s:.1f} s in all by the bandwidth limit"
+                if event.throttled_s
+                else ""
+            )
             logger.info(
-                "%s: done, %s in %.1f s (%.1f MiB/s this try, %s resumed)",
+                "%s: done, %s in %.1f s (%.1f MiB/s this try, %s resumed%s)",
                 event.label,
                 _size(event.bytes_done),
                 event.elapsed_s,
                 event.rate_bps / MiB,
                 _size(event.bytes_resumed),
+                throttled,
             )
         else:
             logger.info("%s", event.describe())
@@ -184,7 +215,12 @@ def log_progress(logger: InfoLogger | logging.Logger) -> Subscriber:
 
 
 class BandwidthLimiter:
-    """A token bucket shared by all workers of a transfer; ``acquire`` blocks until bytes may go."""
+    """A token bucket shared by all workers of a transfer; ``acquire`` blocks until bytes may go.
+
+    The bucket starts empty and holds little (a quarter second of the rate, at least one 256 KiB
+    piece), and callers acquire per piece as it is sent, so the measured rate stays at the limit even
+    over a short transfer, instead of a whole part going out at full speed before the limit bites.
+    """
 
     def __init__(
         self,
@@ -196,8 +232,9 @@ class BandwidthLimiter:
         if bytes_per_s <= 0:
             raise ValueError("bandwidth limit must be positive")
         self.rate = bytes_per_s
-        self.burst = burst_bytes if burst_bytes is not None else max(int(bytes_per_s), MiB)
-        self._tokens = float(self.burst)
+        self.burst = burst_bytes if burst_bytes is not None else max(int(bytes_per_s / 4), 256 * 1024)
+        self._tokens = 0.0
+        self._waited = 0.0
         self._clock = clock
         self._sleep = sleep
         self._last = clock()
@@ -214,8 +251,15 @@ class BandwidthLimiter:
                     self._tokens -= nbytes  # may go negative: large chunks borrow from the future
                     return
                 wait = (min(nbytes, self.burst) - self._tokens) / self.rate
+                self._waited += wait
             if stop is not None:
                 if stop.wait(wait):
                     return
             else:
                 self._sleep(wait)
+
+    @property
+    def waited_s(self) -> float:
+        """Seconds callers have spent blocked in ``acquire`` (summed over workers)."""
+        with self._lock:
+            return self._waited

@@ -45,7 +45,12 @@ from airflow_databricks_transfer.engine.ports import (
     UploadCheckpointSink,
     UploadTarget,
 )
-from airflow_databricks_transfer.engine.progress import BandwidthLimiter, ProgressTracker, Subscriber
+from airflow_databricks_transfer.engine.progress import (
+    BandwidthLimiter,
+    ProgressTracker,
+    Subscriber,
+    throughput_mib_per_s,
+)
 from airflow_databricks_transfer.engine.retry import Cancelled, RecoveryBudget, RetryPolicy, call_with_retry
 from airflow_databricks_transfer.engine.saver import CoalescingSaver
 from airflow_databricks_transfer.engine.workers import run_workers
@@ -106,7 +111,8 @@ class UploadResult:
 
     @property
     def mib_per_s(self) -> float:
-        return (self.bytes_sent / (1024 * 1024)) / self.seconds if self.seconds > 0 else 0.0
+        """The same speed as the final progress line (``seconds`` is that event's elapsed time)."""
+        return throughput_mib_per_s(self.bytes_sent, self.seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -292,14 +298,28 @@ class Uploader:
         except TransferError as err:
             log.info("could not abort the old upload session (it may be gone already): %s", err)
 
-    def _tracker(self, total: int, parts: int) -> ProgressTracker:
+    def _tracker(
+        self, total: int, parts: int, started: float, limiter: BandwidthLimiter | None = None
+    ) -> ProgressTracker:
         return ProgressTracker(
             f"upload {self.target.destination}",
             total,
             parts,
             subscribers=self.subscribers,
             interval_s=self.options.progress_interval_s,
+            started=started,
+            limiter=limiter,
         )
+
+    def _limiter(self) -> BandwidthLimiter | None:
+        rate = self.options.bandwidth_limit_bytes_per_s
+        return BandwidthLimiter(rate) if rate else None
+
+    def _pace(self, limiter: BandwidthLimiter | None, stop: threading.Event) -> Callable[[int], None] | None:
+        """Paced per piece as it is sent, so the limit holds from the first byte of each part."""
+        if limiter is None:
+            return None
+        return lambda n: limiter.acquire(n, stop)
 
     def _verify_finished_parts(self, cp: UploadCheckpoint) -> str | None:
         """With verification on, re-hash finished parts: a same-mtime rewrite must not slip through."""
@@ -327,12 +347,22 @@ class Uploader:
     def _single(self, fingerprint: SourceFingerprint, started: float) -> UploadResult:
         size = fingerprint.size
         self._budget = RecoveryBudget(self.options.max_total_retries or 10)
-        tracker = self._tracker(size, 1)
+        limiter = self._limiter()
+        tracker = self._tracker(size, 1, started, limiter)
         digest = _sha256_of(self.source_path, size) if self.options.verify_sha256 else None
-        self._call(lambda: self.target.put_single(self.source_path, size, overwrite=self.options.overwrite))
+        stop = self._stop
+        self._call(
+            lambda: self.target.put_single(
+                self.source_path,
+                size,
+                overwrite=self.options.overwrite,
+                cancel=stop,
+                pace=self._pace(limiter, stop),
+            )
+        )
         fingerprint.ensure_unchanged()
         tracker.add(size, part_done=True)
-        tracker.finish()
+        final_event = tracker.finish()
         composite = f"{hashlib.sha256(digest).hexdigest()}-1" if digest is not None else None
         return UploadResult(
             self.target.destination,
@@ -344,7 +374,7 @@ class Uploader:
             0,
             size,
             self._retries,
-            time.monotonic() - started,
+            final_event.elapsed_s,
             composite,
         )
 
@@ -412,11 +442,9 @@ class Uploader:
         size = cp.source.size
         resumed_parts = len(cp.parts)
         resumed_bytes = cp.bytes_done
-        tracker = self._tracker(size, cp.part_count)
+        limiter = self._limiter()
+        tracker = self._tracker(size, cp.part_count, started, limiter)
         tracker.resumed(resumed_bytes, resumed_parts)
-        limiter = (
-            BandwidthLimiter(opts.bandwidth_limit_bytes_per_s) if opts.bandwidth_limit_bytes_per_s else None
-        )
         urls = _PartUrls(self.target, cp.session_token, opts, cp.part_count, self._call)
         missing = cp.missing_parts()
         if missing:  # the server is the truth: a dead session fails here, before any byte is sent
@@ -424,6 +452,7 @@ class Uploader:
         state = {"cp": cp}
         state_lock = threading.Lock()
         stop = self._stop
+        pace = self._pace(limiter, stop)
 
         def send(n: int, view: memoryview) -> str:
             refreshes = 0
@@ -431,11 +460,9 @@ class Uploader:
                 try:
 
                     def attempt() -> str:
-                        if limiter is not None:
-                            limiter.acquire(len(view), stop)
                         if stop.is_set():
                             raise Cancelled("upload stopped")
-                        return self.target.put_part(urls.get(n), view)
+                        return self.target.put_part(urls.get(n), view, cancel=stop, pace=pace)
 
                     etag: str = self._call(attempt)
                     return etag
@@ -478,7 +505,7 @@ class Uploader:
         final = replace(final, phase="completing")
         saver.flush(final)
         self._complete(final)
-        tracker.finish()
+        final_event = tracker.finish()
         self.sink.clear()
         return UploadResult(
             self.target.destination,
@@ -490,7 +517,7 @@ class Uploader:
             resumed_bytes,
             size - resumed_bytes,
             self._retries,
-            time.monotonic() - started,
+            final_event.elapsed_s,
             _composite(final),
             restarted,
         )
@@ -525,8 +552,11 @@ class Uploader:
         if resumed:
             confirmed = self._call(lambda: self.target.query_confirmed(url))
             resumed = size if confirmed is None else confirmed
-        tracker = self._tracker(size, cp.part_count)
+        limiter = self._limiter()
+        tracker = self._tracker(size, cp.part_count, started, limiter)
         tracker.resumed(resumed)
+        stop = self._stop
+        pace = self._pace(limiter, stop)
         offset = resumed
         buf = memoryview(bytearray(cp.part_size))
         fd = os.open(self.source_path, os.O_RDONLY)
@@ -540,7 +570,7 @@ class Uploader:
                 start = offset
 
                 def attempt(v: memoryview = view, s: int = start, is_last: bool = last) -> int | None:
-                    return self.target.put_chunk(url, v, s, size if is_last else None)
+                    return self.target.put_chunk(url, v, s, size if is_last else None, cancel=stop, pace=pace)
 
                 confirmed = self._chunk_with_recovery(attempt, url)
                 new_offset = size if confirmed is None else confirmed
@@ -551,7 +581,7 @@ class Uploader:
         finally:
             os.close(fd)
         cp.source.ensure_unchanged()
-        tracker.finish()
+        final_event = tracker.finish()
         self.sink.clear()
         return UploadResult(
             self.target.destination,
@@ -563,7 +593,7 @@ class Uploader:
             resumed,
             size - resumed,
             self._retries,
-            time.monotonic() - started,
+            final_event.elapsed_s,
             None,
             restarted,
         )

@@ -209,6 +209,8 @@ class DatabricksFilesHook(BaseHook):
             yield
         finally:
             self._active = None
+            # the workers are gone: close their data-path sockets instead of leaving them to the GC
+            self.client.http.close()
 
     # ------------------------------------------------------------------ metadata and directories
     def get_metadata(self, volume_path: str) -> dict[str, Any] | None:

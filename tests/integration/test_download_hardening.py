@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import random
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -76,11 +77,13 @@ class SteppedSource(FilesApiDownloadSource):
         super().__init__(client, path)
         self.before, self.calls = before, 0
 
-    def open_range(self, start: int, length: int, pinned: RemoteVersion) -> _RangeReader:
+    def open_range(
+        self, start: int, length: int, pinned: RemoteVersion, *, cancel: threading.Event | None = None
+    ) -> _RangeReader:
         self.calls += 1
         if self.calls in self.before:
             self.before[self.calls]()
-        return super().open_range(start, length, pinned)
+        return super().open_range(start, length, pinned, cancel=cancel)
 
 
 def served(emu: FilesApiEmulator) -> int:

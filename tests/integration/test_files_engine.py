@@ -653,11 +653,16 @@ def test_an_exception_in_the_main_thread_stops_workers_and_keeps_the_checkpoint(
         raise _Timeout()
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    # one worker at 8 MiB/s: a 5 MiB part lands every ~0.6 s and the whole file needs ~3.8 s, so the
+    # alarm at 1.5 s falls mid-way (the limit paces every piece now, no part goes out at full speed)
+    signal.setitimer(signal.ITIMER_REAL, 1.5)
     try:
         with pytest.raises(_Timeout):
             Uploader(
-                client.upload_target(dest), src, up_opts(bandwidth_limit_bytes_per_s=8 * MiB), sink=sink
+                client.upload_target(dest),
+                src,
+                up_opts(bandwidth_limit_bytes_per_s=8 * MiB, parallelism=1),
+                sink=sink,
             ).run()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)

@@ -51,7 +51,9 @@ class MemorySource:
     def stat(self) -> RemoteVersion:
         return RemoteVersion(len(self._data), '"v1"', "Sat, 21 Nov 2026 06:00:00 GMT")
 
-    def open_range(self, start: int, length: int, pinned: RemoteVersion) -> _Reader:
+    def open_range(
+        self, start: int, length: int, pinned: RemoteVersion, *, cancel: threading.Event | None = None
+    ) -> _Reader:
         action = self.before_chunk.get(start // CHUNK)
         if action is not None:
             action()
