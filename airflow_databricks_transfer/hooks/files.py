@@ -210,7 +210,8 @@ class DatabricksFilesHook(BaseHook):
         finally:
             self._active = None
             # the workers are gone: close their data-path sockets instead of leaving them to the GC
-            self.client.http.close()
+            if "client" in self.__dict__:
+                self.client.http.close()
 
     # ------------------------------------------------------------------ metadata and directories
     def get_metadata(self, volume_path: str) -> dict[str, Any] | None:
