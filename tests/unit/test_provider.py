@@ -56,6 +56,7 @@ def test_airflow_providers_list_shows_the_provider(tmp_path: Path) -> None:
     )
     listed = {p["package_name"]: p for p in json.loads(proc.stdout)}
     assert "airflow-databricks-transfer" in listed
+    assert OFFICIAL_PROVIDER in listed  # both load side by side (the test extra installs the official one)
 
 
 # ---------------------------------------------------------------------------------------------- coexistence
