@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_databricks_transfer import __version__
+from airflow_databricks_transfer.connection import connection_types
 
 INTEGRATION = "Databricks Files API"
 
@@ -56,42 +57,6 @@ def get_provider_info() -> dict[str, Any]:
                 "to_openlineage_converter": "airflow_databricks_transfer.lineage.asset_to_openlineage",
             }
         ],
-        "connection-types": [
-            {
-                # the standard Databricks connection type, so existing connections work unchanged
-                "connection-type": "databricks",
-                "hook-class-name": "airflow_databricks_transfer.hooks.files.DatabricksFilesHook",
-                "hook-name": "Databricks",
-                "conn-fields": {
-                    "token": {
-                        "label": "Personal access token (instead of Password)",
-                        "schema": {"type": ["string", "null"], "format": "password"},
-                    },
-                    "service_principal_oauth": {
-                        "label": "OAuth M2M: Login is the client ID, Password the secret",
-                        "schema": {"type": ["boolean", "null"], "default": False},
-                    },
-                    "azure_tenant_id": {
-                        "label": "Azure tenant ID (Azure service principal)",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "retry_timeout_seconds": {
-                        "label": "Retry budget of API calls (s)",
-                        "schema": {"type": ["integer", "null"], "default": 300},
-                    },
-                },
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port"],
-                    "relabeling": {
-                        "host": "Workspace URL",
-                        "login": "Login or client ID",
-                        "password": "Token or secret",
-                    },
-                    "placeholders": {
-                        "host": "https://adb-1234567890123456.7.azuredatabricks.net",
-                        "login": "token",
-                    },
-                },
-            }
-        ],
+        # the `databricks` form, only where the official Databricks provider does not define it
+        "connection-types": connection_types(),
     }

@@ -2,14 +2,14 @@
 
 ``wait_for_drop`` defers to the triggerer (no worker slot held) until ``*.csv`` files appear under the
 drop folder and their sizes stop changing (``producer`` lands them first, standing in for an outside
-system). Afterwards the first match is downloaded.
+system). Afterwards the first match is downloaded. No schedule: trigger it by hand; a run without a
+logical date (the Airflow 3 default) uses the day of ``dag_run.run_after`` in the drop folder.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from datetime import timedelta
 from typing import Any
 
 import pendulum
@@ -19,22 +19,44 @@ from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
 from airflow_databricks_transfer.operators.files import DatabricksVolumeToLocalFilesystemOperator
 from airflow_databricks_transfer.sensors.files import DatabricksVolumeFileSensor
 
+# manual runs have no logical date (so no `ds`); every run has run_after
+RUN_DAY = "{{ (dag_run.logical_date or dag_run.run_after) | ds }}"
+
 with DAG(
     dag_id="databricks_volume_sensor",
     description="Deferrable sensor on a Volume glob, fed by an upload task",
-    schedule=timedelta(hours=6),
+    schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     tags=["databricks", "sensor", "example"],
     params={
-        "drop_dir": Param("/Volumes/main/default/landing/drop", type="string"),
-        "local_dir": Param(os.environ.get("ADT_DEMO_DIR", "/tmp/adt-demo"), type="string"),
-        "delay_s": Param(3, type="number", minimum=0, description="how long the producer waits"),
+        "drop_dir": Param(
+            "/Volumes/main/default/landing/drop",
+            type="string",
+            pattern="^/Volumes/[^/]+/[^/]+/[^/]+(/.*)?$",
+            title="Volume drop folder",
+            description="/Volumes/<catalog>/<schema>/<volume>/<folder>; files land in "
+            "<folder>/<day of the run>/ and the sensor waits for *.csv there.",
+        ),
+        "local_dir": Param(
+            os.environ.get("ADT_DEMO_DIR", "/tmp/adt-demo"),
+            type="string",
+            minLength=1,
+            title="Local folder",
+            description="Folder on the worker for the CSVs the producer writes and the file fetched.",
+        ),
+        "delay_s": Param(
+            3,
+            type="number",
+            minimum=0,
+            title="Producer delay (s)",
+            description="How long the producer waits before it lands the files.",
+        ),
     },
 ) as dag:
     wait_for_drop = DatabricksVolumeFileSensor(
         task_id="wait_for_drop",
-        path="{{ params.drop_dir }}/{{ ds }}/*.csv",
+        path="{{ params.drop_dir }}/" + RUN_DAY + "/*.csv",
         stable_checks=1,
         poke_interval=2,
         timeout=600,
@@ -42,9 +64,10 @@ with DAG(
     )
 
     @task
-    def producer(params: dict[str, Any] | None = None, ds: str | None = None) -> list[str]:
+    def producer(params: dict[str, Any] | None = None, dag_run: Any = None) -> list[str]:
         """Stands in for an upstream system dropping files; uploads two small CSVs after a delay."""
-        assert params is not None and ds is not None
+        assert params is not None and dag_run is not None
+        ds = (dag_run.logical_date or dag_run.run_after).strftime("%Y-%m-%d")
         time.sleep(float(params["delay_s"]))
         hook = DatabricksFilesHook()
         os.makedirs(params["local_dir"], exist_ok=True)

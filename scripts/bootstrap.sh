@@ -23,3 +23,14 @@ for v in $SDK_VERSIONS; do
       --target ".sdk/databricks-sdk-$v" "databricks-sdk==$v"
   fi
 done
+# tests/airflow/test_ui_browser.py drives Debian's chromium through Playwright (Playwright's own browser
+# download is not used). CI runs as root on Debian: install it once; later runs find it and skip apt.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing chromium (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "bootstrap: chromium is missing; install it (apt-get install chromium) for the browser test" >&2
+  fi
+fi

@@ -1,8 +1,8 @@
 """DatabricksFilesHook: an Airflow ``databricks`` connection -> a Files API client and the transfer engine.
 
-Thin on purpose: it builds a databricks-sdk ``WorkspaceClient`` from the connection (every auth method
-the official Databricks provider documents for that connection type) and hands the engine a client.
-It does not need the official Databricks provider to be installed.
+Thin on purpose: it builds a databricks-sdk ``WorkspaceClient`` from the connection (field meanings as in
+the official Databricks provider; see ``airflow_databricks_transfer.connection``) and hands the engine a
+client. It does not need the official Databricks provider, and uses its connection form when installed.
 """
 
 from __future__ import annotations
@@ -19,68 +19,13 @@ from databricks.sdk.core import Config
 
 from airflow_databricks_transfer import lineage
 from airflow_databricks_transfer.clients.files_api import FileInfo, FilesApiClient
+from airflow_databricks_transfer.connection import config_kwargs, hook_field_behaviour
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
 from airflow_databricks_transfer.engine.download import Downloader, DownloadOptions, DownloadResult
 from airflow_databricks_transfer.engine.errors import RemoteNotFoundError
 from airflow_databricks_transfer.engine.ports import DownloadCheckpointSink, UploadCheckpointSink
 from airflow_databricks_transfer.engine.progress import Subscriber, log_progress
 from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions, UploadResult
-
-_TRUE = ("true", "1", "yes", "on")
-
-
-def _flag(value: Any) -> bool:
-    return value is True or (isinstance(value, str) and value.strip().lower() in _TRUE)
-
-
-def config_kwargs(
-    host: str | None, login: str | None, password: str | None, extra: dict[str, Any]
-) -> dict[str, Any]:
-    """databricks-sdk Config arguments for a ``databricks`` connection (pure, so it is unit-tested)."""
-    host = extra.get("host") or host
-    if not host:
-        raise ValueError(
-            "the Databricks connection has no host (set Host, e.g. https://adb-123.azuredatabricks.net)"
-        )
-    if "://" not in host:
-        host = f"https://{host}"
-    kwargs: dict[str, Any] = {"host": host.rstrip("/")}
-    for key in ("retry_timeout_seconds", "http_timeout_seconds"):
-        if extra.get(key) is not None:
-            kwargs[key] = int(extra[key])
-    if extra.get("token"):
-        kwargs.update(token=extra["token"], auth_type="pat")
-    elif _flag(extra.get("service_principal_oauth")):
-        if not (login and password):
-            raise ValueError(
-                "service_principal_oauth needs the client ID in Login and the secret in Password"
-            )
-        kwargs.update(client_id=login, client_secret=password, auth_type="oauth-m2m")
-    elif _flag(extra.get("use_azure_managed_identity")):
-        kwargs.update(auth_type="azure-msi", azure_use_msi=True)
-        if login:
-            kwargs["azure_client_id"] = login
-        if extra.get("azure_resource_id"):
-            kwargs["azure_workspace_resource_id"] = extra["azure_resource_id"]
-    elif extra.get("azure_tenant_id"):
-        kwargs.update(
-            azure_client_id=login,
-            azure_client_secret=password,
-            azure_tenant_id=extra["azure_tenant_id"],
-            auth_type="azure-client-secret",
-        )
-        if extra.get("azure_resource_id"):
-            kwargs["azure_workspace_resource_id"] = extra["azure_resource_id"]
-    elif password and (not login or login == "token"):
-        kwargs.update(token=password, auth_type="pat")
-    elif login and password:
-        kwargs.update(username=login, password=password, auth_type="basic")
-    else:
-        raise ValueError(
-            "the Databricks connection has no credentials: put a personal access token in Password (or extra "
-            '"token"), or set "service_principal_oauth": true with the client ID/secret in Login/Password'
-        )
-    return kwargs
 
 
 class DatabricksFilesHook(BaseHook):
@@ -108,18 +53,8 @@ class DatabricksFilesHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema", "port"],
-            "relabeling": {
-                "host": "Workspace URL",
-                "login": "Client ID or 'token'",
-                "password": "Token or secret",
-            },
-            "placeholders": {
-                "host": "https://adb-1234567890123456.7.azuredatabricks.net",
-                "extra": '{"service_principal_oauth": true, "retry_timeout_seconds": 300}',
-            },
-        }
+        """The form's field behaviour, from the definitions the provider info declares too."""
+        return hook_field_behaviour()
 
     @cached_property
     def workspace_client(self) -> WorkspaceClient:

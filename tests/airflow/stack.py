@@ -53,6 +53,7 @@ class AirflowStack:
     executor: str = "LocalExecutor"
     sql_alchemy_conn: str | None = None
     celery_workers: tuple[str, ...] = ()
+    airflow: tuple[str, ...] = (AIRFLOW,)  # e.g. (python, "-m", "airflow") to run another venv's Airflow
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     killed: set[str] = field(default_factory=set)
@@ -94,7 +95,7 @@ class AirflowStack:
     def _spawn(self, name: str, args: list[str], extra_env: Mapping[str, str] | None = None) -> None:
         log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         self.procs[name] = subprocess.Popen(
-            [AIRFLOW, *args],
+            [*self.airflow, *args],
             env={**self.env(), **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -105,7 +106,7 @@ class AirflowStack:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "passwords.json").write_text(json.dumps({"admin": "admin"}))
         migrate = subprocess.run(
-            [AIRFLOW, "db", "migrate"],
+            [*self.airflow, "db", "migrate"],
             env=self.env(),
             capture_output=True,
             text=True,

@@ -191,7 +191,11 @@ def test_example_dags_import_without_errors(adt_airflow: AirflowHome) -> None:
         "from airflow.dag_processing.dagbag import DagBag\n"
         f"bag = DagBag(dag_folder={str(EXAMPLE_DAGS)!r})\n"
         "errors = {str(k): str(v) for k, v in bag.import_errors.items()}\n"
-        "print('DAGBAG ' + json.dumps({'dags': sorted(bag.dag_ids), 'errors': errors}))\n"
+        "dump = lambda d: {k: d.params.get_param(k).dump() for k in d.params}\n"
+        "params = {d.dag_id: dump(d) for d in bag.dags.values()}\n"
+        "schedules = {d.dag_id: d.schedule for d in bag.dags.values()}\n"
+        "print('DAGBAG ' + json.dumps({'dags': sorted(bag.dag_ids), 'errors': errors, "
+        "'params': params, 'schedules': schedules}, default=str))\n"
     )
     env = {**adt_airflow.env, "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS)}
     python = str(Path(AIRFLOW).with_name("python"))
@@ -204,7 +208,25 @@ def test_example_dags_import_without_errors(adt_airflow: AirflowHome) -> None:
     assert bag["errors"] == {}
     example_files = sorted(p.name for p in EXAMPLE_DAGS.glob("*.py"))
     assert example_files == ["databricks_volume_roundtrip.py", "databricks_volume_sensor.py"]
-    assert bag["dags"] == ["databricks_volume_roundtrip", "databricks_volume_sensor"]
+    assert bag["dags"] == [
+        "databricks_volume_roundtrip",
+        "databricks_volume_roundtrip_daily",
+        "databricks_volume_sensor",
+    ]
+    # the ones people trigger by hand have no schedule (unpausing them starts no run); one is scheduled
+    assert bag["schedules"] == {
+        "databricks_volume_roundtrip": None,
+        "databricks_volume_roundtrip_daily": "@daily",
+        "databricks_volume_sensor": None,
+    }
+    # the trigger form shows each Param's title and description, and marks required what has no null
+    for dag_id, params in bag["params"].items():
+        for name, param in params.items():
+            schema = param["schema"]
+            assert schema.get("title") and param.get("description"), (dag_id, name)
+    roundtrip = bag["params"]["databricks_volume_roundtrip"]
+    optional = {name for name, p in roundtrip.items() if "null" in p["schema"]["type"]}
+    assert optional == {"part_size_mib", "bandwidth_limit_mib_s"}
 
 
 def test_roundtrip_example_dag(

@@ -8,8 +8,19 @@ import subprocess
 import sys
 from importlib.metadata import distribution, entry_points
 from pathlib import Path
+from typing import Any
 
+from airflow_databricks_transfer.connection import (
+    EXTRA_FIELDS,
+    HIDDEN_FIELDS,
+    HOOK_CLASS,
+    LABELS,
+    OFFICIAL_PROVIDER,
+    official_provider_installed,
+)
 from airflow_databricks_transfer.get_provider_info import get_provider_info
+from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
+from tests.venv_without import venv_without
 
 
 def test_entry_point_resolves_to_provider_info() -> None:
@@ -45,3 +56,66 @@ def test_airflow_providers_list_shows_the_provider(tmp_path: Path) -> None:
     )
     listed = {p["package_name"]: p for p in json.loads(proc.stdout)}
     assert "airflow-databricks-transfer" in listed
+    assert OFFICIAL_PROVIDER in listed  # both load side by side (the test extra installs the official one)
+
+
+# ---------------------------------------------------------------------------------------------- coexistence
+PROBE = """
+import json
+from airflow.providers_manager import ProvidersManager
+pm = ProvidersManager()
+info = pm.hooks["databricks"]
+print("PROBE " + json.dumps({
+    "providers": sorted(pm.providers),
+    "hook": [info.hook_class_name, info.package_name, info.connection_testable] if info else None,
+    "behaviour": pm.field_behaviours.get("databricks"),
+    "widgets": {
+        k: [v.package_name, v.field.get("schema", {}).get("title")]
+        for k, v in pm.connection_form_widgets.items() if k.startswith("extra__databricks__")
+    },
+}))
+"""
+
+
+def probe_providers(python: str | Path, home: Path) -> tuple[dict[str, Any], str]:
+    """What a fresh Airflow process (like the api-server) registers for the ``databricks`` type."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
+    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False")
+    proc = subprocess.run(
+        [str(python), "-c", PROBE], capture_output=True, text=True, env=env, timeout=180, check=False
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(lines[-1][len("PROBE ") :]), proc.stdout + proc.stderr
+
+
+def test_official_databricks_provider_owns_the_databricks_form(tmp_path: Path) -> None:
+    """With apache-airflow-providers-databricks installed, its hook and form serve ``databricks``."""
+    assert official_provider_installed()  # the test extra installs it
+    seen, output = probe_providers(sys.executable, tmp_path)
+    assert {"airflow-databricks-transfer", OFFICIAL_PROVIDER} <= set(seen["providers"])
+    assert seen["hook"] == [
+        "airflow.providers.databricks.hooks.databricks.DatabricksHook",
+        OFFICIAL_PROVIDER,
+        True,
+    ]
+    # the official provider declares no field behaviour (a plain form); ours must not stand in for it
+    assert seen["behaviour"] is None or seen["behaviour"]["relabeling"] != LABELS
+    assert all(pkg != "airflow-databricks-transfer" for pkg, _ in seen["widgets"].values())
+    assert "already registered" not in output
+
+
+def test_without_the_official_provider_ours_is_the_databricks_form(tmp_path: Path) -> None:
+    """No official provider: our form, with a field (and label) for every extra the hook reads."""
+    python = venv_without(tmp_path / "venv", OFFICIAL_PROVIDER)
+    seen, output = probe_providers(python, tmp_path / "home")
+    assert OFFICIAL_PROVIDER not in seen["providers"] and "airflow-databricks-transfer" in seen["providers"]
+    assert seen["hook"] == [HOOK_CLASS, "airflow-databricks-transfer", True]
+    assert seen["behaviour"]["hidden_fields"] == HIDDEN_FIELDS
+    hook_behaviour = DatabricksFilesHook.get_ui_field_behaviour()
+    assert seen["behaviour"]["relabeling"] == LABELS == hook_behaviour["relabeling"]
+    widgets = {k.removeprefix("extra__databricks__"): v for k, v in seen["widgets"].items()}
+    assert widgets == {
+        name: ["airflow-databricks-transfer", field["label"]] for name, field in EXTRA_FIELDS.items()
+    }
+    assert "already registered" not in output
