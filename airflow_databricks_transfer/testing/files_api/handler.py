@@ -647,6 +647,8 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             "ETag": meta.etag,
             "Accept-Ranges": "bytes",
         }
+        if not self.server.settings.file_etags:
+            del headers["ETag"]
         rng = self.headers.get("Range")
         if rng:
             parsed = _RANGE_RE.match(rng.strip())

@@ -39,6 +39,8 @@ class EmulatorSettings:
     # Benchmark sink: multipart part bodies are read and dropped, and complete-upload makes a sparse
     # file of the right size (zeros). Only for measuring clients faster than a storing server.
     discard_part_bodies: bool = False
+    # False leaves ETag out of file GET/HEAD answers: clients must cope with Last-Modified alone.
+    file_etags: bool = True
     # Move request bodies socket -> pipe -> file with splice(2) where the platform has it.
     use_splice: bool = True
     default_catalogs: tuple[str, ...] = field(default=("main",))
