@@ -63,10 +63,11 @@ def already_exists(path: str) -> ApiError:
 class PresignedError(Exception):
     """A cloud-storage style XML error on a presigned URL (S3, Azure or GCS flavour)."""
 
-    def __init__(self, status: int, xml: str) -> None:
+    def __init__(self, status: int, xml: str, retry_after_s: float | None = None) -> None:
         super().__init__(xml)
         self.status = status
         self.xml = xml
+        self.retry_after_s = retry_after_s
 
 
 def expired_error(cloud: str) -> PresignedError:

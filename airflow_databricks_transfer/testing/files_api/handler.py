@@ -184,7 +184,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         except ApiError as err:
             self._send_api_error(err)
         except PresignedError as err:
-            self._send_xml(err.status, err.xml)
+            self._send_xml(err.status, err.xml, err.retry_after_s)
         except (ConnectionError, TimeoutError, OSError) as err:
             if isinstance(err, OSError) and err.errno == 28:  # ENOSPC
                 self._send_api_error(ApiError(507, "RESOURCE_EXHAUSTED", "Emulator storage is full."))
@@ -241,10 +241,13 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         assert fault.status is not None
         if self.route.startswith("presigned."):
             if fault.body is not None:
-                return PresignedError(fault.status, fault.body)
-            return presigned_xml(
-                fault.status, fault.error_code or "InternalError", fault.message or "injected"
-            )
+                err = PresignedError(fault.status, fault.body)
+            else:
+                err = presigned_xml(
+                    fault.status, fault.error_code or "InternalError", fault.message or "injected"
+                )
+            err.retry_after_s = fault.retry_after_s  # S3 and GCS send Retry-After with 503 SlowDown
+            return err
         code = fault.error_code or {
             429: "REQUEST_LIMIT_EXCEEDED",
             503: "TEMPORARILY_UNAVAILABLE",
@@ -315,8 +318,9 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             return
         self._send_bytes(err.status, json.dumps(err.body()).encode(), "application/json", extra)
 
-    def _send_xml(self, status: int, xml: str) -> None:
-        self._send_bytes(status, xml.encode(), "application/xml")
+    def _send_xml(self, status: int, xml: str, retry_after_s: float | None = None) -> None:
+        extra = {"Retry-After": str(max(0, round(retry_after_s)))} if retry_after_s is not None else None
+        self._send_bytes(status, xml.encode(), "application/xml", extra)
 
     # ------------------------------------------------------------------ request bodies
     def _request_body_length(self) -> int | None:
