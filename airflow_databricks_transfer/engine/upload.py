@@ -362,8 +362,12 @@ class Uploader:
         return self._call(self.target.stat, "HEAD")  # type: ignore[no-any-return]
 
     def _abort_quietly(self, token: str) -> None:
+        # not under the run's stop event: a failing worker sets it, and that is when aborting matters
+        policy = replace(self.options.retry, max_attempts=min(3, self.options.retry.max_attempts))
         try:
-            self._call(lambda: self.target.abort(token), "abort-upload")
+            call_with_retry(
+                lambda: self.target.abort(token), policy, on_retry=self._retry_logger("abort-upload")
+            )
         except TransferError as err:
             log.info("could not abort the old upload session (it may be gone already): %s", err)
 
@@ -469,6 +473,10 @@ class Uploader:
 
         try:
             self._call(attempt, "single-shot PUT")
+        except SourceChangedError as err:
+            if attempts:  # an earlier attempt may have committed bytes read while the file changed
+                self._discard_torn(size, first_sent_at, err)
+            raise
         except AlreadyExistsError:
             # overwrite is off and nothing was there at the check: a retried PUT whose first answer was
             # lost finds the file the first attempt committed

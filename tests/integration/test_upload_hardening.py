@@ -17,7 +17,11 @@ from airflow_databricks_transfer.clients.files_api import FilesApiClient
 from airflow_databricks_transfer.engine import upload as upload_mod
 from airflow_databricks_transfer.engine.checkpoint import UploadCheckpoint
 from airflow_databricks_transfer.engine.download import Downloader
-from airflow_databricks_transfer.engine.errors import RetryBudgetExceeded, SourceChangedError
+from airflow_databricks_transfer.engine.errors import (
+    InvalidRequestError,
+    RetryBudgetExceeded,
+    SourceChangedError,
+)
 from airflow_databricks_transfer.engine.retry import Cancelled, RetryPolicy
 from airflow_databricks_transfer.engine.saver import CoalescingSaver
 from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions
@@ -456,3 +460,17 @@ def test_resumable_success_leaves_no_checkpoint_behind(
     Uploader(client.upload_target(f"{VOL}/clean.bin"), src, up_opts(parallelism=1), sink=sink).run()
     assert sha256_file(gcp.local_path(f"{VOL}/clean.bin")) == sha256_file(src)
     assert sink.after_clear == [] and sink.latest is None
+
+
+def test_a_fatal_part_error_still_aborts_the_session(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    """The failing worker sets the run's stop event; aborting must not be cancelled by it."""
+    src = make_file(tmp_path / "src", 16 * MiB, seed=120)
+    files_api_emulator.add_fault(route="presigned.part", part_number=2, status=400, error_code="InvalidPart")
+    sink = MemorySink()
+    with pytest.raises(InvalidRequestError):
+        Uploader(client.upload_target(f"{VOL}/refused.bin"), src, up_opts(), sink=sink).run()
+    assert files_api_emulator.sessions() == []
+    assert [r.status for r in files_api_emulator.requests("files.abort_upload")] == [200]
+    assert sink.latest is None
