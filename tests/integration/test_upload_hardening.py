@@ -474,3 +474,29 @@ def test_a_fatal_part_error_still_aborts_the_session(
     assert files_api_emulator.sessions() == []
     assert [r.status for r in files_api_emulator.requests("files.abort_upload")] == [200]
     assert sink.latest is None
+
+
+def test_workers_with_valid_urls_keep_sending_while_one_refresh_is_slow(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    """Refreshing one part's expired URL takes a while; parts whose URLs are valid go out meanwhile.
+
+    The bandwidth limit (a 10 MiB burst, then a 5 MiB part every 0.5 s) spaces the parts out, so some
+    are due while the refresh is held for 1.5 s; the old lock made them wait for it.
+    """
+    emu = files_api_emulator
+    dest = f"{VOL}/refresh.bin"
+    src = make_file(tmp_path / "src", 30 * MiB, seed=121)
+    emu.add_fault(route="presigned.part", part_number=1, expire=True)
+    emu.add_fault(route="fs.create_upload_part_urls", nth=2, delay_s=1.5)
+    opts = up_opts(parallelism=3, url_batch=16, bandwidth_limit_bytes_per_s=10 * MiB)
+    Uploader(client.upload_target(dest), src, opts).run()
+    assert sha256_file(emu.local_path(dest)) == sha256_file(src)
+    slow = emu.requests("fs.create_upload_part_urls")[1]
+    slow_start, slow_end = slow.time - slow.duration_s, slow.time
+    during = [
+        r.part_number
+        for r in emu.requests("presigned.part")
+        if r.time - r.duration_s > slow_start and r.time < slow_end
+    ]
+    assert during, "every worker waited for one worker's URL refresh"
