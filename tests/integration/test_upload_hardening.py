@@ -500,3 +500,29 @@ def test_workers_with_valid_urls_keep_sending_while_one_refresh_is_slow(
         if r.time - r.duration_s > slow_start and r.time < slow_end
     ]
     assert during, "every worker waited for one worker's URL refresh"
+
+
+def test_a_part_retry_is_announced_after_the_bandwidth_limit_let_it_go(
+    client: FilesApiClient,
+    files_api_emulator: FilesApiEmulator,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under a bandwidth limit the re-send waits for its tokens; that wait must not follow the line.
+
+    10 MiB/s with a 10 MiB burst: parts 1 and 2 use it up, so re-sending part 2 waits about 0.5 s for
+    tokens. The line comes after that wait and announces only the backoff still to come.
+    """
+    emu = files_api_emulator
+    dest = f"{VOL}/paced.bin"
+    src = make_file(tmp_path / "src", 10 * MiB, seed=122)
+    emu.add_fault(route="presigned.part", part_number=2, status=500)
+    opts = up_opts(parallelism=1, bandwidth_limit_bytes_per_s=10 * MiB)
+    with caplog.at_level(logging.INFO, logger="airflow_databricks_transfer"):
+        Uploader(client.upload_target(dest), src, opts).run()
+    assert sha256_file(emu.local_path(dest)) == sha256_file(src)
+    (record,) = [r for r in caplog.records if "part 2: retry 1 in" in r.getMessage()]
+    failed = next(r for r in emu.requests("presigned.part") if r.status == 500)
+    assert record.created - failed.time >= 0.4  # the 0.5 s token wait came before the announcement
+    announced = float(record.getMessage().split("retry 1 in ")[1].split(" s")[0])
+    assert announced <= FAST_RETRY.max_delay_s
