@@ -14,10 +14,10 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import requests
@@ -42,8 +42,10 @@ from airflow_databricks_transfer.engine.errors import (
     UrlExpiredError,
 )
 from airflow_databricks_transfer.engine.ports import Pace, PresignedUrl, UploadSession
+from airflow_databricks_transfer.engine.retry import RetryPolicy, call_with_retry
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _URL_QUERY = re.compile(r"(https?://[^\s\"'?<>]+)\?[^\s\"'<>]*")
 
@@ -66,7 +68,6 @@ if not any(isinstance(f, RedactUrlQueries) for f in _sdk_logger.filters):
 
 FILES = "/api/2.0/fs/files"
 DIRS = "/api/2.0/fs/directories"
-_RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 _PRESIGNED_DISABLED = "FILES_API_API_IS_NOT_ENABLED"
 
 
@@ -115,20 +116,16 @@ def _reason(body: bytes) -> str:
     return ": ".join(parts) if parts else text[:200]
 
 
-def http_error(
-    status: int, body: bytes, headers: Any, what: str, *, session_call: bool = False
+def _by_status(
+    status: int, reason: str, retry_after_s: float | None, *, session_call: bool, not_found_text: str = ""
 ) -> TransferError:
-    """Map a non-2xx answer (workspace JSON or cloud XML) to the engine's error tree."""
-    reason = f"{what}: HTTP {status} {_reason(body)}".strip()
-    if status in (400, 403) and _is_expired_body(body):
-        return UrlExpiredError(reason)
+    """The one place an HTTP status becomes an engine error: transient unless clearly the client's fault."""
     if status in (429, 503):
-        return ThrottledError(reason, retry_after_s=_retry_after(headers))
-    if status in _RETRYABLE_STATUS:
-        return RetryableError(reason, retry_after_s=_retry_after(headers))
+        return ThrottledError(reason, retry_after_s=retry_after_s)
+    if status == 408 or status >= 500:
+        return RetryableError(reason, retry_after_s=retry_after_s)
     if status == 404:
-        text = body.decode("utf-8", "replace")
-        if session_call or "NoSuchUpload" in text:
+        if session_call or "NoSuchUpload" in not_found_text:
             return SessionLostError(reason)
         return RemoteNotFoundError(reason)
     if status in (401, 403):
@@ -137,30 +134,95 @@ def http_error(
         return AlreadyExistsError(reason)
     if status == 412:
         return RemoteChangedError(reason)
-    return InvalidRequestError(reason)
+    if 400 <= status < 500:
+        return InvalidRequestError(reason)
+    # 1xx/3xx where an answer was expected: a proxy or a redirect got in the way; not the client's fault
+    return RetryableError(reason, retry_after_s=retry_after_s)
 
 
-def sdk_error(err: BaseException, what: str, *, session_call: bool = False) -> TransferError:
-    """Map a databricks-sdk exception (from an ApiClient call) to the engine's error tree."""
-    msg = f"{what}: {err}"
-    if isinstance(err, (requests.ConnectionError, requests.Timeout)):
+def http_error(
+    status: int, body: bytes, headers: Any, what: str, *, session_call: bool = False
+) -> TransferError:
+    """Map a non-2xx answer (workspace JSON or cloud XML) to the engine's error tree."""
+    reason = f"{what}: HTTP {status} {_reason(body)}".strip()
+    if status in (400, 403) and _is_expired_body(body):
+        return UrlExpiredError(reason)
+    if status == 403 and _PRESIGNED_DISABLED.encode() in body:
+        return MultipartUnavailableError(reason)
+    text = body.decode("utf-8", "replace") if status == 404 else ""
+    return _by_status(status, reason, _retry_after(headers), session_call=session_call, not_found_text=text)
+
+
+# requests exceptions that say the request itself is malformed: retrying cannot help
+_FATAL_REQUESTS_ERRORS: tuple[type[Exception], ...] = (
+    requests.exceptions.URLRequired,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidHeader,
+)
+# DatabricksError classes when the HTTP status is not known (mapped by error_code, or a future SDK)
+_SDK_STATUS: tuple[tuple[type[DatabricksError], int], ...] = (
+    (sdk_errors.TooManyRequests, 429),
+    (sdk_errors.TemporarilyUnavailable, 503),
+    (sdk_errors.DeadlineExceeded, 504),
+    (sdk_errors.InternalError, 500),
+    (sdk_errors.NotFound, 404),
+    (sdk_errors.ResourceConflict, 409),
+    (sdk_errors.Unauthenticated, 401),
+    (sdk_errors.PermissionDenied, 403),
+    (sdk_errors.BadRequest, 400),
+)
+
+
+def sdk_error(
+    err: BaseException,
+    what: str,
+    *,
+    session_call: bool = False,
+    status: int | None = None,
+    headers: Any = None,
+) -> TransferError:
+    """Map what a databricks-sdk call raised to the engine's error tree.
+
+    ``status`` and ``headers`` are those of the HTTP answer when one arrived: the SDK maps only some
+    statuses to classes (a 502 becomes a bare ``DatabricksError``), so the status decides, not the class.
+    Anything that is not clearly the client's fault (a status-less SDK error, any ``requests`` failure,
+    ``TimeoutError`` from the SDK's own retry loop, other OS errors) is transient.
+    """
+    msg = f"{what}: {type(err).__name__}: {err}" if not isinstance(err, DatabricksError) else f"{what}: {err}"
+    if isinstance(err, _FATAL_REQUESTS_ERRORS):
+        return InvalidRequestError(msg)
+    if isinstance(err, (requests.RequestException, TimeoutError, OSError)) and not isinstance(
+        err, DatabricksError
+    ):
         return ConnectionLostError(msg)
     if not isinstance(err, DatabricksError):
         return InvalidRequestError(msg)
     reasons = {d.reason for d in err.get_error_info()}
     if _PRESIGNED_DISABLED in reasons:
         return MultipartUnavailableError(msg)
-    if isinstance(err, sdk_errors.NotFound):
-        return SessionLostError(msg) if session_call else RemoteNotFoundError(msg)
-    if isinstance(err, sdk_errors.ResourceConflict):
-        return AlreadyExistsError(msg)
-    if isinstance(err, (sdk_errors.Unauthenticated, sdk_errors.PermissionDenied)):
-        return AuthError(msg)
-    if isinstance(err, (sdk_errors.TooManyRequests, sdk_errors.TemporarilyUnavailable)):
-        return ThrottledError(msg, retry_after_s=err.retry_after_secs)
-    if isinstance(err, (sdk_errors.InternalError, sdk_errors.DeadlineExceeded)):
+    if status is not None:
+        msg = f"{what}: HTTP {status} {err}"
+    else:
+        status = next((code for cls, code in _SDK_STATUS if isinstance(err, cls)), None)
+    if status is None:  # an answer the SDK could not place: not provably the client's fault
         return RetryableError(msg)
-    return InvalidRequestError(msg)
+    retry_after = _retry_after(headers) if headers is not None else None
+    if retry_after is None and headers is None:
+        retry_after = err.retry_after_secs
+    return _by_status(status, msg, retry_after, session_call=session_call)
+
+
+def _sdk_single_attempt(workspace: WorkspaceClient) -> Callable[..., requests.Response] | None:
+    """The SDK's one-request method (``_BaseClient._perform``, in 0.156 through 0.162), or None.
+
+    Private, so looked up defensively; tests/unit pin that the installed SDK still has it, since
+    without it every control call falls back to ``ApiClient.do`` and its own minutes-long retries.
+    """
+    base = getattr(workspace.api_client, "_api_client", None)
+    perform = getattr(base, "_perform", None)
+    return perform if callable(perform) else None
 
 
 @dataclass(frozen=True)
@@ -182,8 +244,11 @@ class FilesApiClient:
         http: HttpPool | None = None,
         use_presigned: bool = True,
         url_ttl_s: float = 3600.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.workspace = workspace
+        # for the metadata and directory calls made outside a transfer (the engine retries its own)
+        self.retry = retry or RetryPolicy()
         self.http = http or HttpPool()
         self.use_presigned = use_presigned
         self.url_ttl_s = url_ttl_s
@@ -200,13 +265,50 @@ class FilesApiClient:
         what: str,
         session_call: bool = False,
     ) -> Any:
+        """One authenticated control call through the SDK; failures become engine errors.
+
+        One attempt only: the engine's retry policy is the single retry loop (backoff, Retry-After, a
+        budget, a cancel check). ``ApiClient.do`` would retry 429/503 and connection errors on its own
+        for up to ``retry_timeout_seconds`` (default 300 s; 0 also means 300), sleeping uninterruptibly,
+        inside each of our attempts. The HTTP status is captured with a response hook, because the SDK
+        maps only some statuses to exception classes.
+        """
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
+        answers: list[requests.Response] = []
+        config = self.workspace.config
+
+        def auth(r: requests.PreparedRequest) -> requests.PreparedRequest:
+            # what the SDK's session auth does (config.authenticate()), plus a hook that sees the answer
+            r.headers.update(config.authenticate())
+            r.register_hook("response", lambda resp, *args, **kwargs: answers.append(resp))  # type: ignore[no-untyped-call]
+            return r
+
         try:
-            return self.workspace.api_client.do(method, path, query=query, body=body, headers=headers)
-        except (DatabricksError, requests.RequestException) as err:
-            raise sdk_error(err, what, session_call=session_call) from err
+            once = _sdk_single_attempt(self.workspace)
+            if once is None:
+                return self.workspace.api_client.do(
+                    method, path, query=query, body=body, headers=headers, auth=auth
+                )
+            merged = {
+                **getattr(config, "_custom_headers", {}),
+                **headers,
+                "User-Agent": config.user_agent,
+            }
+            resp = once(method, f"{self.host}{path}", query=query, headers=merged, body=body, auth=auth)
+            if not resp.content:
+                return {}
+            return resp.json()
+        except Exception as err:  # every failure, SDK or not, is classified in sdk_error
+            last = answers[-1] if answers else None
+            raise sdk_error(
+                err,
+                what,
+                session_call=session_call,
+                status=last.status_code if last is not None else None,
+                headers=last.headers if last is not None else None,
+            ) from err
 
     def auth_headers(self) -> dict[str, str]:
         """Fresh auth headers of the workspace (OAuth tokens are refreshed by the SDK as needed)."""
@@ -238,7 +340,18 @@ class FilesApiClient:
         )
 
     # ------------------------------------------------------------------ metadata and directories
+    def _retrying(self, fn: Callable[[], T], what: str) -> T:
+        def on_retry(attempt: int, err: TransferError, delay: float) -> None:
+            log.info("%s: retry %d in %.1f s after %s", what, attempt, delay, err)
+
+        return call_with_retry(fn, self.retry, on_retry=on_retry)
+
     def stat(self, path: str) -> RemoteVersion | None:
+        """The file's version, or None when there is none (transient failures retried)."""
+        return self._retrying(lambda: self.stat_once(path), f"HEAD {path}")
+
+    def stat_once(self, path: str) -> RemoteVersion | None:
+        """One HEAD; the engine calls this inside its own retry loop."""
         resp = self.workspace_request("HEAD", f"{FILES}{_quote(path)}")
         resp.read()
         if resp.status == 404:
@@ -259,7 +372,11 @@ class FilesApiClient:
                 query["page_size"] = page_size
             if token:
                 query["page_token"] = token
-            page = self.control("GET", f"{DIRS}{_quote(path)}", query=query, what=f"list {path}")
+
+            def fetch(q: dict[str, Any] = query) -> Any:
+                return self.control("GET", f"{DIRS}{_quote(path)}", query=q, what=f"list {path}")
+
+            page = self._retrying(fetch, f"list {path}")
             for e in page.get("contents", []):
                 yield FileInfo(
                     e["path"],
@@ -273,20 +390,41 @@ class FilesApiClient:
                 return
 
     def create_directory(self, path: str) -> None:
-        self.control("PUT", f"{DIRS}{_quote(path)}", what=f"create directory {path}")
+        self._retrying(
+            lambda: self.control("PUT", f"{DIRS}{_quote(path)}", what=f"create directory {path}"),
+            f"create directory {path}",
+        )
 
     def directory_exists(self, path: str) -> bool:
         try:
-            self.control("HEAD", f"{DIRS}{_quote(path)}", what=f"HEAD directory {path}")
+            self._retrying(
+                lambda: self.control("HEAD", f"{DIRS}{_quote(path)}", what=f"HEAD directory {path}"),
+                f"HEAD directory {path}",
+            )
         except RemoteNotFoundError:
             return False
         return True
 
+    def _delete(self, path: str, what: str) -> None:
+        attempts = 0
+
+        def once() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                self.control("DELETE", path, what=what)
+            except RemoteNotFoundError:
+                if attempts == 1:
+                    raise
+                # an earlier attempt whose answer was lost did the work
+
+        self._retrying(once, what)
+
     def delete_file(self, path: str) -> None:
-        self.control("DELETE", f"{FILES}{_quote(path)}", what=f"delete {path}")
+        self._delete(f"{FILES}{_quote(path)}", f"delete {path}")
 
     def delete_directory(self, path: str) -> None:
-        self.control("DELETE", f"{DIRS}{_quote(path)}", what=f"delete directory {path}")
+        self._delete(f"{DIRS}{_quote(path)}", f"delete directory {path}")
 
     def upload_target(self, path: str) -> FilesApiUploadTarget:
         _quote(path)
@@ -308,7 +446,10 @@ class FilesApiUploadTarget:
         return self._path
 
     def stat(self) -> RemoteVersion | None:
-        return self.client.stat(self._path)
+        return self.client.stat_once(self._path)
+
+    def delete(self) -> None:
+        self.client.control("DELETE", f"{FILES}{self._q}", what=f"delete {self._path}")
 
     def put_single(
         self,
@@ -485,7 +626,7 @@ class FilesApiDownloadSource:
         return self._path
 
     def stat(self) -> RemoteVersion:
-        remote = self.client.stat(self._path)
+        remote = self.client.stat_once(self._path)
         if remote is None:
             raise RemoteNotFoundError(f"{self._path} does not exist")
         return remote

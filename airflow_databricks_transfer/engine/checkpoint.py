@@ -13,6 +13,7 @@ and a finished part rewrites one segment, not the whole checkpoint.
 from __future__ import annotations
 
 import base64
+import email.utils
 import json
 import os
 import re
@@ -24,12 +25,22 @@ from typing import Any, ClassVar, Literal
 from airflow_databricks_transfer.engine.errors import CheckpointError, SourceChangedError
 
 SCHEMA = "airflow-databricks-transfer/checkpoint"
-SCHEMA_VERSION = 1
+# 2: uploads record the destination's version before the session and the session's start time
+SCHEMA_VERSION = 2
 SEGMENT_PARTS = 1000
 _HEX_ETAG = re.compile(r'^"[0-9a-f]{32}"$')
 
+
+def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
+    """v1 uploads knew nothing of the destination before their session: record that as unknown."""
+    out = {**d, "version": 2}
+    if d.get("kind") == "files_api.upload":
+        out.update(session_started_at=None, pre_upload=None)
+    return out
+
+
 # version -> function turning a dict of that version into the next one
-UPGRADERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPGRADERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 # Download checkpoints are versioned on their own (v2 added boot_id, durable and data_pin), so each
 # kind's schema can move without forcing an upgrade of the other.
@@ -99,6 +110,26 @@ class RemoteVersion:
     def to_dict(self) -> dict[str, Any]:
         return {"size": self.size, "etag": self.etag, "last_modified": self.last_modified}
 
+    @property
+    def last_modified_s(self) -> int | None:
+        """Last-Modified as whole epoch seconds (its wire resolution), or None if absent or unparsable."""
+        if not self.last_modified:
+            return None
+        try:
+            return int(email.utils.parsedate_to_datetime(self.last_modified).timestamp())
+        except (TypeError, ValueError, IndexError):
+            return None
+
+    def same_version_as(self, other: RemoteVersion) -> bool:
+        """Could these be one version? ETags decide when both have one; else size and Last-Modified.
+
+        Without ETags two writes of the same size in the same second look alike: that reads as "same",
+        the answer that never lets an old object pass for a new one.
+        """
+        if self.etag and other.etag:
+            return self.etag == other.etag
+        return self.size == other.size and self.last_modified_s == other.last_modified_s
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RemoteVersion:
         return cls(int(d["size"]), d.get("etag"), d.get("last_modified"))
@@ -160,6 +191,12 @@ class UploadCheckpoint:
     confirmed_bytes: int = 0
     phase: Literal["uploading", "completing"] = "uploading"
     created_at: float = field(default_factory=time.time)
+    # What the destination was just before the session began (None: no file) and when it began
+    # (client clock, taken before that stat). A lost session is accepted as completed only for a
+    # remote that provably differs from ``pre_upload``; ``session_started_at`` None (a checkpoint
+    # upgraded from v1) means both are unknown, so nothing can be proven.
+    pre_upload: RemoteVersion | None = None
+    session_started_at: float | None = None
     version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -244,6 +281,8 @@ class UploadCheckpoint:
             "confirmed_bytes": self.confirmed_bytes,
             "phase": self.phase,
             "created_at": self.created_at,
+            "session_started_at": self.session_started_at,
+            "pre_upload": self.pre_upload.to_dict() if self.pre_upload is not None else None,
             "segments": self.segment_count,
         }
 
@@ -286,6 +325,10 @@ class UploadCheckpoint:
                 confirmed_bytes=int(d.get("confirmed_bytes", 0)),
                 phase=d.get("phase", "uploading"),
                 created_at=float(d["created_at"]),
+                pre_upload=RemoteVersion.from_dict(d["pre_upload"]) if d["pre_upload"] else None,
+                session_started_at=(
+                    float(d["session_started_at"]) if d["session_started_at"] is not None else None
+                ),
                 version=SCHEMA_VERSION,
             )
         except CheckpointError:

@@ -71,6 +71,9 @@ class UploadTarget(Protocol):
 
     def abort(self, token: str) -> None: ...
 
+    def delete(self) -> None:
+        """Delete the object at the destination (used to withdraw a file this upload wrote torn)."""
+
     def resumable_url(self, token: str) -> PresignedUrl: ...
 
     def put_chunk(

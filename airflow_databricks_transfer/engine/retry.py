@@ -77,8 +77,14 @@ def call_with_retry(
     on_retry: Callable[[int, RetryableError, float], None] | None = None,
     rng: random.Random | None = None,
     sleep: Callable[[float], None] | None = None,
+    pace: Callable[[], float] | None = None,
 ) -> T:
-    """Run ``fn``; on RetryableError wait and run it again. Anything else propagates at once."""
+    """Run ``fn``; on RetryableError wait and run it again. Anything else propagates at once.
+
+    ``pace`` runs after a failure and before ``on_retry`` hears the delay: it may block (a bandwidth
+    limiter taking the tokens for the re-send) and returns the seconds it took, which count towards
+    the delay, so the delay ``on_retry`` announces is the one that really follows.
+    """
     rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
     attempt = 1
     while True:
@@ -92,6 +98,10 @@ def call_with_retry(
             if budget is not None:
                 budget.spend(err)
             delay = policy.delay_s(attempt, err, rng)
+            if pace is not None:
+                delay = max(0.0, delay - pace())
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("transfer cancelled") from err
             if on_retry is not None:
                 on_retry(attempt, err, delay)
             if sleep is not None:

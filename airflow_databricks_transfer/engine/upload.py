@@ -12,6 +12,7 @@ so the next try resumes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from airflow_databricks_transfer.engine.checkpoint import SourceFingerprint, UploadCheckpoint
+from airflow_databricks_transfer.engine.checkpoint import RemoteVersion, SourceFingerprint, UploadCheckpoint
 from airflow_databricks_transfer.engine.errors import (
     AlreadyExistsError,
     FatalError,
@@ -143,8 +144,21 @@ def read_exact(fd: int, buf: memoryview, offset: int) -> None:
         done += n
 
 
+class _Fetch:
+    """One in-flight batch of part URLs; workers needing a URL from it wait on ``done``."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 class _PartUrls:
-    """Presigned part URLs fetched in batches ahead of use and refreshed before they expire."""
+    """Presigned part URLs fetched in batches ahead of use and refreshed before they expire.
+
+    The lock guards only the maps, never a network call: one worker fetches a batch (retrying with
+    backoff outside the lock) while workers whose URLs are still valid carry on, and workers that need
+    a URL of that batch wait for it instead of fetching it again.
+    """
 
     def __init__(
         self,
@@ -153,24 +167,61 @@ class _PartUrls:
         options: UploadOptions,
         part_count: int,
         call: Callable[[Callable[[], Any]], Any],
+        stop: threading.Event,
     ) -> None:
         self._target, self._token, self._options = target, token, options
         self._count = part_count
         self._call = call
+        self._stop = stop
         self._urls: dict[int, PresignedUrl] = {}
+        self._pending: dict[int, _Fetch] = {}
         self._lock = threading.Lock()
 
+    def _fresh(self, url: PresignedUrl | None) -> bool:
+        return url is not None and url.expires_at - time.time() >= self._options.url_refresh_margin_s
+
     def get(self, n: int) -> PresignedUrl:
-        with self._lock:
-            url = self._urls.get(n)
-            if url is None or url.expires_at - time.time() < self._options.url_refresh_margin_s:
-                count = min(self._options.url_batch, self._count - n + 1)
-                fresh = self._call(lambda: self._target.part_urls(self._token, n, count))
-                self._urls.update(fresh)
+        for _ in range(3):
+            with self._lock:
                 url = self._urls.get(n)
-                if url is None:
-                    raise SessionLostError(f"the server returned no URL for part {n}")
-            return url
+                if url is not None and self._fresh(url):
+                    return url
+                fetch = self._pending.get(n)
+                owner, count = fetch is None, 0
+                if fetch is None:
+                    fetch = _Fetch()
+                    count = min(self._options.url_batch, self._count - n + 1)
+                    for k in range(n, n + count):
+                        self._pending.setdefault(k, fetch)
+            if owner:
+                self._fetch(fetch, n, count)
+            else:
+                while not fetch.done.wait(0.5):
+                    if self._stop.is_set():
+                        raise Cancelled("upload stopped while waiting for part URLs")
+                if fetch.error is not None:
+                    raise fetch.error
+            with self._lock:
+                url = self._urls.get(n)
+            if url is not None:
+                return url
+        raise SessionLostError(f"the server returned no URL for part {n}")
+
+    def _fetch(self, fetch: _Fetch, first: int, count: int) -> None:
+        try:
+            fresh = self._call(lambda: self._target.part_urls(self._token, first, count))
+            with self._lock:
+                self._urls.update(fresh)
+        except BaseException as err:
+            fetch.error = err
+            raise
+        finally:
+            with self._lock:
+                for k in [k for k, f in self._pending.items() if f is fetch]:
+                    del self._pending[k]
+            fetch.done.set()
+        if first not in fresh:
+            raise SessionLostError(f"the server returned no URL for part {first}")
 
     def invalidate(self, n: int) -> None:
         with self._lock:
@@ -195,7 +246,8 @@ class Uploader:
         self.sink: UploadCheckpointSink = sink or NullSink()
         self.subscribers = subscribers or []
         self._cancelled = False
-        self._stop = threading.Event()  # per run: set by cancel() or by a failing worker
+        self._cancel_lock = threading.Lock()
+        self._stop = threading.Event()  # per attempt: set by cancel() or by a failing worker
         self._retries = 0
         self._retry_lock = threading.Lock()
         self._budget: RecoveryBudget | None = None
@@ -204,9 +256,19 @@ class Uploader:
 
     def cancel(self) -> None:
         """Stop the workers within seconds; the checkpoint and the remote session stay for the next try."""
-        self._cancelled = True
-        self._stop.set()
-        self._hash_stop.set()
+        with self._cancel_lock:
+            self._cancelled = True
+            self._stop.set()
+            self._hash_stop.set()
+
+    def _fresh_stop(self) -> threading.Event:
+        """A new stop event for the next attempt that still carries a cancel() made at any earlier time."""
+        stop = threading.Event()
+        with self._cancel_lock:
+            if self._cancelled:
+                stop.set()
+            self._stop = stop
+        return stop
 
     # ------------------------------------------------------------------ entry point
     def run(self, checkpoint: UploadCheckpoint | None = None) -> UploadResult:
@@ -252,14 +314,15 @@ class Uploader:
                 checkpoint = None
             elif checkpoint.part_size != plan.part_size and plan.mode == "multipart":
                 log.info("Resuming with the checkpoint's part size of %d bytes", checkpoint.part_size)
-        if not opts.overwrite and checkpoint is None and self.target.stat() is not None:
+        checked_at = time.time()
+        if not opts.overwrite and checkpoint is None and self._stat() is not None:
             raise AlreadyExistsError(f"{self.target.destination} already exists and overwrite is off")
         if plan.mode == "single" and checkpoint is None:
-            return self._single(fingerprint, started)
+            self._fresh_stop()
+            return self._single(fingerprint, started, checked_at)
         for _attempt in range(2):
-            if self._cancelled:
+            if self._fresh_stop().is_set():
                 raise Cancelled("upload cancelled")
-            self._stop = threading.Event()
             try:
                 return self._multipart(fingerprint, plan, checkpoint, started, restarted)
             except MultipartUnavailableError as err:
@@ -272,7 +335,7 @@ class Uploader:
                     self.target.destination,
                     err,
                 )
-                return self._single(fingerprint, started)
+                return self._single(fingerprint, started, checked_at)
             except SessionLostError as err:
                 # the server forgot the session (expired, aborted): only a clean start can help
                 restarted = f"upload session lost ({err})"
@@ -282,19 +345,39 @@ class Uploader:
         raise SessionLostError(f"{self.target.destination}: the upload session was lost twice")
 
     # ------------------------------------------------------------------ helpers
-    def _count_retry(self, attempt: int, err: TransferError, delay: float) -> None:
-        with self._retry_lock:
-            self._retries += 1
-        log.info("%s: retry %d in %.1f s after %s", self.target.destination, attempt, delay, err)
+    def _retry_logger(self, what: str | None) -> Callable[[int, TransferError, float], None]:
+        prefix = f"{self.target.destination}: {what}" if what else self.target.destination
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
+        def on_retry(attempt: int, err: TransferError, delay: float) -> None:
+            with self._retry_lock:
+                self._retries += 1
+            log.info("%s: retry %d in %.1f s after %s", prefix, attempt, delay, err)
+
+        return on_retry
+
+    def _call(
+        self, fn: Callable[[], Any], what: str | None = None, pace: Callable[[], float] | None = None
+    ) -> Any:
+        """``fn`` under the shared policy; ``what`` (e.g. "part 7") names it in the retry lines."""
         return call_with_retry(
-            fn, self.options.retry, budget=self._budget, cancel=self._stop, on_retry=self._count_retry
+            fn,
+            self.options.retry,
+            budget=self._budget,
+            cancel=self._stop,
+            on_retry=self._retry_logger(what),
+            pace=pace,
         )
 
+    def _stat(self) -> RemoteVersion | None:
+        return self._call(self.target.stat, "HEAD")  # type: ignore[no-any-return]
+
     def _abort_quietly(self, token: str) -> None:
+        # not under the run's stop event: a failing worker sets it, and that is when aborting matters
+        policy = replace(self.options.retry, max_attempts=min(3, self.options.retry.max_attempts))
         try:
-            self.target.abort(token)
+            call_with_retry(
+                lambda: self.target.abort(token), policy, on_retry=self._retry_logger("abort-upload")
+            )
         except TransferError as err:
             log.info("could not abort the old upload session (it may be gone already): %s", err)
 
@@ -343,24 +426,103 @@ class Uploader:
             os.close(fd)
         return None
 
+    def _ours(self, size: int, since: float, before: RemoteVersion | None = None) -> tuple[bool, str]:
+        """Is the object at the destination provably one this upload wrote? (answer, reason)
+
+        Provable means: it has the source's size, it is not the version seen before (``before``), and
+        its Last-Modified is not older than ``since``. Last-Modified has one-second resolution, so it
+        is compared with the second ``since`` fell in; that is sound because ``since`` was taken before
+        the stat that produced ``before``, so anything written before ``since`` is ``before`` itself.
+        No Last-Modified, or no way to tell the versions apart, is not proof.
+        """
+        remote = self._stat()
+        if remote is None:
+            return False, "there is no file at the destination"
+        if remote.size != size:
+            return False, f"the file at the destination has {remote.size} bytes, not {size}"
+        if before is not None and remote.same_version_as(before):
+            return False, "the file at the destination is the version that was there before this upload"
+        modified = remote.last_modified_s
+        if modified is None:
+            return False, "the file at the destination has no usable Last-Modified"
+        if modified < int(since):
+            return False, "the file at the destination was last modified before this upload started"
+        return True, "the file at the destination has the source's size and was written by this upload"
+
+    def _discard_torn(self, size: int, since: float, err: SourceChangedError) -> None:
+        """The source changed while a committing request read it: never leave that object exposed."""
+        ours, why = self._ours(size, since)
+        if not ours:
+            log.error(
+                "%s: %s; not deleting the destination (%s): check what is there before using it",
+                self.target.destination,
+                err,
+                why,
+            )
+            return
+        try:
+            self._call(self.target.delete, "delete torn upload")
+        except TransferError as del_err:
+            log.error(
+                "%s: %s; the file this upload wrote from it may be torn and could not be deleted (%s)",
+                self.target.destination,
+                err,
+                del_err,
+            )
+            return
+        log.error(
+            "%s: %s; deleted the file this upload had just written from it, so no torn file is "
+            "exposed (a version that was there before was already replaced)",
+            self.target.destination,
+            err,
+        )
+
     # ------------------------------------------------------------------ single-shot
-    def _single(self, fingerprint: SourceFingerprint, started: float) -> UploadResult:
+    def _single(self, fingerprint: SourceFingerprint, started: float, checked_at: float) -> UploadResult:
         size = fingerprint.size
-        self._budget = RecoveryBudget(self.options.max_total_retries or 10)
+        opts = self.options
+        self._budget = RecoveryBudget(opts.max_total_retries if opts.max_total_retries is not None else 10)
         limiter = self._limiter()
         tracker = self._tracker(size, 1, started, limiter)
-        digest = _sha256_of(self.source_path, size) if self.options.verify_sha256 else None
+        digest = _sha256_of(self.source_path, size) if opts.verify_sha256 else None
         stop = self._stop
-        self._call(
-            lambda: self.target.put_single(
-                self.source_path,
-                size,
-                overwrite=self.options.overwrite,
-                cancel=stop,
-                pace=self._pace(limiter, stop),
+        pace = self._pace(limiter, stop)
+        attempts = 0
+        first_sent_at = time.time()
+
+        def attempt() -> None:
+            nonlocal attempts, first_sent_at
+            fingerprint.ensure_unchanged()  # the PUT commits when done: never start it from a changed file
+            attempts += 1
+            if attempts == 1:
+                first_sent_at = time.time()
+            self.target.put_single(self.source_path, size, overwrite=opts.overwrite, cancel=stop, pace=pace)
+
+        try:
+            self._call(attempt, "single-shot PUT")
+        except SourceChangedError as err:
+            if attempts:  # an earlier attempt may have committed bytes read while the file changed
+                self._discard_torn(size, first_sent_at, err)
+            raise
+        except AlreadyExistsError:
+            # overwrite is off and nothing was there at the check: a retried PUT whose first answer was
+            # lost finds the file the first attempt committed
+            if attempts < 2:
+                raise
+            ours, why = self._ours(size, min(first_sent_at, checked_at))
+            if not ours:
+                raise
+            log.info(
+                "%s: a retried PUT found the file in place (%s): an earlier attempt whose answer was "
+                "lost committed it",
+                self.target.destination,
+                why,
             )
-        )
-        fingerprint.ensure_unchanged()
+        try:
+            fingerprint.ensure_unchanged()
+        except SourceChangedError as err:
+            self._discard_torn(size, first_sent_at, err)
+            raise
         tracker.add(size, part_done=True)
         final_event = tracker.finish()
         composite = f"{hashlib.sha256(digest).hexdigest()}-1" if digest is not None else None
@@ -389,7 +551,16 @@ class Uploader:
     ) -> UploadResult:
         opts = self.options
         if cp is None:
-            session = self._call(lambda: self.target.initiate(overwrite=opts.overwrite))
+            # What is at the destination before any byte of this upload, so a lost session can be judged
+            # later. The stat follows initiate (whose refusals explain a bad path best); nothing of this
+            # session can be committed before its complete, so the stat still sees the prior version.
+            session_started_at = time.time()
+            session = self._call(lambda: self.target.initiate(overwrite=opts.overwrite), "initiate-upload")
+            try:
+                pre_upload = self._stat()
+            except BaseException:
+                self._abort_quietly(session.token)
+                raise
             part_size = plan.part_size
             if session.protocol == "resumable":
                 part_size = max(256 * 1024, part_size // (256 * 1024) * (256 * 1024))
@@ -401,6 +572,8 @@ class Uploader:
                 part_count,
                 session.token,
                 protocol=session.protocol,
+                pre_upload=pre_upload,
+                session_started_at=session_started_at,
             )
             self.sink.save(cp, frozenset(range(cp.segment_count)))  # a kill right now can still resume
         else:
@@ -426,10 +599,16 @@ class Uploader:
             raise
         except FatalError:
             self._abort_quietly(cp.session_token)
-            self.sink.clear()
+            self._clear_after(saver)
             raise
         finally:
             saver.close()
+
+    def _clear_after(self, saver: CoalescingSaver[UploadCheckpoint]) -> None:
+        """Clear the checkpoint only once the saver has written everything it holds, or it comes back."""
+        with contextlib.suppress(Exception):  # a saver that failed has nothing more to write
+            saver.flush()
+        self.sink.clear()
 
     def _parts(
         self,
@@ -445,27 +624,37 @@ class Uploader:
         limiter = self._limiter()
         tracker = self._tracker(size, cp.part_count, started, limiter)
         tracker.resumed(resumed_bytes, resumed_parts)
-        urls = _PartUrls(self.target, cp.session_token, opts, cp.part_count, self._call)
+        stop = self._stop
+        urls = _PartUrls(
+            self.target,
+            cp.session_token,
+            opts,
+            cp.part_count,
+            lambda fn: self._call(fn, "create-upload-part-urls"),
+            stop,
+        )
         missing = cp.missing_parts()
         if missing:  # the server is the truth: a dead session fails here, before any byte is sent
             urls.get(missing[0])
         state = {"cp": cp}
         state_lock = threading.Lock()
-        stop = self._stop
         pace = self._pace(limiter, stop)
+
+        def send_once(n: int, view: memoryview) -> str:
+            def attempt() -> str:
+                if stop.is_set():
+                    raise Cancelled("upload stopped")
+                # paced per piece inside the send, so a retry's announced delay is the real one
+                return self.target.put_part(urls.get(n), view, cancel=stop, pace=pace)
+
+            etag: str = self._call(attempt, f"part {n}")
+            return etag
 
         def send(n: int, view: memoryview) -> str:
             refreshes = 0
             while True:
                 try:
-
-                    def attempt() -> str:
-                        if stop.is_set():
-                            raise Cancelled("upload stopped")
-                        return self.target.put_part(urls.get(n), view, cancel=stop, pace=pace)
-
-                    etag: str = self._call(attempt)
-                    return etag
+                    return send_once(n, view)
                 except UrlExpiredError as err:
                     refreshes += 1
                     if refreshes > MAX_URL_REFRESHES_PER_PART:
@@ -506,7 +695,7 @@ class Uploader:
         saver.flush(final)
         self._complete(final)
         final_event = tracker.finish()
-        self.sink.clear()
+        self._clear_after(saver)
         return UploadResult(
             self.target.destination,
             final.source.path,
@@ -525,18 +714,28 @@ class Uploader:
     def _complete(self, cp: UploadCheckpoint) -> None:
         parts = sorted(cp.parts.items())
         try:
-            self._call(lambda: self.target.complete(cp.session_token, parts))
-        except SessionLostError:
-            # A complete whose answer was lost, or a resume after one, finds no session: check the target.
-            remote = self.target.stat()
-            if remote is not None and remote.size == cp.source.size:
-                log.info(
-                    "%s: the session is gone but the file is in place with the right size: "
-                    "an earlier complete-upload succeeded",
-                    cp.destination,
-                )
-                return
-            raise
+            self._call(lambda: self.target.complete(cp.session_token, parts), "complete-upload")
+        except SessionLostError as err:
+            # A complete whose answer was lost, or a resume after one, finds no session; so does one
+            # whose session expired or was aborted. Only a file provably written by it counts.
+            self._accept_lost_session(cp, err)
+
+    def _accept_lost_session(self, cp: UploadCheckpoint, err: SessionLostError) -> None:
+        """Return if the remote object is provably this upload's, else raise SessionLostError (restart)."""
+        if cp.session_started_at is None:
+            ours, why = False, "the checkpoint predates recording the destination's prior version"
+        else:
+            ours, why = self._ours(cp.source.size, cp.session_started_at, cp.pre_upload)
+        if ours:
+            log.info(
+                "%s: the upload session is gone but %s: an earlier complete-upload succeeded",
+                cp.destination,
+                why,
+            )
+            return
+        raise SessionLostError(
+            f"{err}; the session ended before completing and {why}, so it cannot count as uploaded"
+        ) from err
 
     def _resumable(
         self,
@@ -547,10 +746,10 @@ class Uploader:
     ) -> UploadResult:
         """GCS-style: sequential chunks with Content-Range; after any doubt, ask the server how far it got."""
         size = cp.source.size
-        url = self._call(lambda: self.target.resumable_url(cp.session_token))
+        url = self._call(lambda: self.target.resumable_url(cp.session_token), "create-resumable-upload-url")
         resumed = cp.confirmed_bytes
         if resumed:
-            confirmed = self._call(lambda: self.target.query_confirmed(url))
+            confirmed = self._call(lambda: self.target.query_confirmed(url), "resumable status")
             resumed = size if confirmed is None else confirmed
         limiter = self._limiter()
         tracker = self._tracker(size, cp.part_count, started, limiter)
@@ -558,6 +757,7 @@ class Uploader:
         stop = self._stop
         pace = self._pace(limiter, stop)
         offset = resumed
+        final_sent_at: float | None = None
         buf = memoryview(bytearray(cp.part_size))
         fd = os.open(self.source_path, os.O_RDONLY)
         try:
@@ -567,12 +767,23 @@ class Uploader:
                 view = buf[: min(cp.part_size, size - offset)]
                 read_exact(fd, view, offset)
                 last = offset + len(view) == size
+                if last:
+                    # the final chunk commits the object: never send it from a changed source
+                    cp.source.ensure_unchanged()
+                    final_sent_at = final_sent_at or time.time()
                 start = offset
 
                 def attempt(v: memoryview = view, s: int = start, is_last: bool = last) -> int | None:
                     return self.target.put_chunk(url, v, s, size if is_last else None, cancel=stop, pace=pace)
 
-                confirmed = self._chunk_with_recovery(attempt, url)
+                chunk = (start // cp.part_size) + 1
+                try:
+                    confirmed = self._chunk_with_recovery(attempt, url, f"chunk {chunk}")
+                except SessionLostError as err:
+                    if final_sent_at is None:
+                        raise
+                    self._accept_lost_session(cp, err)  # the final chunk's answer may have been lost
+                    confirmed = None
                 new_offset = size if confirmed is None else confirmed
                 tracker.add(new_offset - offset, part_done=True)
                 offset = new_offset
@@ -580,9 +791,14 @@ class Uploader:
                 saver.offer(cp)
         finally:
             os.close(fd)
-        cp.source.ensure_unchanged()
+        try:
+            cp.source.ensure_unchanged()
+        except SourceChangedError as err:
+            if final_sent_at is not None:
+                self._discard_torn(size, final_sent_at, err)
+            raise
         final_event = tracker.finish()
-        self.sink.clear()
+        self._clear_after(saver)
         return UploadResult(
             self.target.destination,
             cp.source.path,
@@ -598,18 +814,26 @@ class Uploader:
             restarted,
         )
 
-    def _chunk_with_recovery(self, send: Callable[[], int | None], url: PresignedUrl) -> int | None:
-        try:
-            return send()
-        except (Cancelled, FatalError, SessionLostError):
-            raise
-        except TransferError as err:
-            # the chunk may have partly landed: the server's confirmed offset decides where to go on
-            self._count_retry(1, err, 0)
-            if self._budget is not None:
-                self._budget.spend(err)
-            confirmed: int | None = self._call(lambda: self.target.query_confirmed(url))
-            return confirmed
+    def _chunk_with_recovery(
+        self, send: Callable[[], int | None], url: PresignedUrl, what: str
+    ) -> int | None:
+        """Send a chunk; after a transient failure wait as the policy says, then ask the server.
+
+        The chunk may have partly landed, so it is not blindly sent again: the confirmed offset the
+        server reports decides where the next chunk starts. Backoff, Retry-After and the transfer's
+        budget apply as to every other request.
+        """
+        sent = False
+
+        def attempt() -> int | None:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return send()
+            return self.target.query_confirmed(url)
+
+        confirmed: int | None = self._call(attempt, what)
+        return confirmed
 
 
 def _sha256_of(path: str, size: int) -> bytes:

@@ -158,12 +158,22 @@ def _download_v2() -> DownloadCheckpoint:
     )
 
 
+def _upload_v2() -> UploadCheckpoint:
+    """What schema 2 adds: the destination's version before the session and the session's start."""
+    return replace(
+        _upload(parts=30, done=17),
+        pre_upload=RemoteVersion(157286400, '"0f3c"', "Sat, 21 Nov 2026 05:59:58 GMT"),
+        session_started_at=1_700_000_000.25,
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
         ("upload_checkpoint_v1.json", lambda: _upload(parts=30, done=17)),
         ("download_checkpoint_v1.json", _download),
         ("download_checkpoint_v2.json", _download_v2),
+        ("upload_checkpoint_v2.json", _upload_v2),
     ],
 )
 def test_golden_files_keep_loading(name: str, expected: Any) -> None:
@@ -199,16 +209,35 @@ def test_bad_download_checkpoints_are_refused(mutate: Any, message: str) -> None
         DownloadCheckpoint.from_dict(data)
 
 
-def test_older_versions_are_upgraded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A v2 schema that renames a field still loads a v1 golden file through its upgrader."""
-    monkeypatch.setattr(ckpt_mod, "SCHEMA_VERSION", 2)
-
-    def v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
-        return {**d, "version": 2, "created_at": d["created_at"]}
-
-    monkeypatch.setitem(ckpt_mod.UPGRADERS, 1, v1_to_v2)
+def test_v1_upload_checkpoints_upgrade_with_an_unknown_prior_version() -> None:
+    """A v1 checkpoint never recorded the destination before its session: that must read as unknown
+    (session_started_at None), never as "there was no file", which would make a lost session provable."""
     loaded = UploadCheckpoint.from_json((GOLDEN / "upload_checkpoint_v1.json").read_text())
-    assert loaded.version == 2 and loaded.parts == _upload(parts=30, done=17).parts
-    monkeypatch.delitem(ckpt_mod.UPGRADERS, 1)
-    with pytest.raises(CheckpointError, match="no upgrade path from checkpoint schema version 1"):
+    assert loaded.version == ckpt_mod.SCHEMA_VERSION == 2
+    assert loaded.session_started_at is None and loaded.pre_upload is None
+    again = UploadCheckpoint.from_json(loaded.to_json())
+    assert again == loaded and json.loads(loaded.to_json())["version"] == 2
+
+
+def test_v2_round_trip_keeps_the_prior_version() -> None:
+    cp = _upload_v2()
+    assert UploadCheckpoint.from_json(cp.to_json()) == cp
+    none_before = UploadCheckpoint.from_json(
+        json.dumps({**cp.to_dict(), "pre_upload": None})
+    )  # "no file was there" is kept apart from "unknown"
+    assert none_before.pre_upload is None and none_before.session_started_at == cp.session_started_at
+
+
+def test_older_versions_are_upgraded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A v3 schema that renames a field still loads a v1 golden file through the chain of upgraders."""
+    monkeypatch.setattr(ckpt_mod, "SCHEMA_VERSION", 3)
+
+    def v2_to_v3(d: dict[str, Any]) -> dict[str, Any]:
+        return {**d, "version": 3, "created_at": d["created_at"]}
+
+    monkeypatch.setitem(ckpt_mod.UPGRADERS, 2, v2_to_v3)
+    loaded = UploadCheckpoint.from_json((GOLDEN / "upload_checkpoint_v1.json").read_text())
+    assert loaded.version == 3 and loaded.parts == _upload(parts=30, done=17).parts
+    monkeypatch.delitem(ckpt_mod.UPGRADERS, 2)
+    with pytest.raises(CheckpointError, match="no upgrade path from checkpoint schema version 2"):
         UploadCheckpoint.from_json((GOLDEN / "upload_checkpoint_v1.json").read_text())

@@ -127,6 +127,18 @@ class FilesApiServer(ThreadingHTTPServer):
             "faults": self.faults.snapshot(),
         }
 
+    def end_sessions(self, path: str, action: str) -> int:
+        """End every live upload session to ``path`` server-side ("abort" or "expire"); how many."""
+        if action not in ("abort", "expire"):
+            raise ValueError("action must be 'abort' or 'expire'")
+        tokens = self.store.tokens_for(path)
+        for token in tokens:
+            if action == "abort":
+                self.store.abort(token)
+            else:
+                self.store.expire(token)
+        return len(tokens)
+
     def reset(self, state: bool = True, faults: bool = True, log: bool = True) -> None:
         if state:
             self.store.reset()
@@ -170,6 +182,9 @@ class FilesApiServer(ThreadingHTTPServer):
                 if not self.faults.remove(name[len("faults/") :]):
                     raise ApiError(404, "NOT_FOUND", "no such fault rule")
                 h._send_json(200, {"ok": True})
+            elif name == "sessions" and method == "POST":
+                body = h._read_json()
+                h._send_json(200, {"ended": self.end_sessions(str(body["path"]), str(body["action"]))})
             elif name == "settings" and method == "GET":
                 h._send_json(200, self.settings.public())
             elif name == "settings" and method == "PATCH":
@@ -285,6 +300,14 @@ class FilesApiEmulator:
 
     def seed(self, **spec: Any) -> dict[str, Any]:
         return self.server.seed(spec)
+
+    def abort_sessions(self, path: str) -> int:
+        """Abort the upload sessions to ``path`` as an admin or the server would."""
+        return self.server.end_sessions(path, "abort")
+
+    def expire_sessions(self, path: str) -> int:
+        """Make the upload sessions to ``path`` expire now."""
+        return self.server.end_sessions(path, "expire")
 
     def create_volume(self, full_name: str) -> None:
         self.server.seed({"volumes": [full_name]})

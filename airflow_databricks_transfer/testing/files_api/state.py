@@ -524,6 +524,18 @@ class Store:
                 self._drop_session(token, "completed")
         return meta
 
+    def expire(self, token: str) -> None:
+        """Let a session run out now, as the server's clock would (control plane and tests)."""
+        with self._lock:
+            self.session(token)
+            self._drop_session(token, "expired")
+
+    def tokens_for(self, path: str) -> list[str]:
+        """Tokens of the live sessions uploading to ``path`` (control plane: tests never see tokens)."""
+        normalized = parse_volume_path(path).normalized
+        with self._lock:
+            return [t for t, s in self._sessions.items() if s.path == normalized]
+
     def abort(self, token: str, path: str | None = None) -> None:
         self.session(token, path)
         with self._lock:
