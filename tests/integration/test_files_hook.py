@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,8 +36,36 @@ def hook(
     return DatabricksFilesHook("dbx_emu")
 
 
-def test_works_without_the_official_databricks_provider() -> None:
-    assert importlib.util.find_spec("airflow.providers.databricks") is None
+_WITHOUT_OFFICIAL = """
+import sys
+sys.modules["airflow.providers.databricks"] = None  # any import of the official provider now fails
+from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
+hook = DatabricksFilesHook("dbx_emu")
+hook.upload_file(sys.argv[1], sys.argv[2])
+hook.download_file(sys.argv[2], sys.argv[1] + ".back")
+print("ok")
+"""
+
+
+def test_works_without_the_official_databricks_provider(
+    files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    """The test environment has the official provider installed; a user may not: the hook must never
+    need it. A fresh process where importing it fails still moves a file both ways."""
+    src = make_file(tmp_path / "src.bin", 3 * MiB, seed=9)
+    conn = {"conn_type": "databricks", "host": files_api_emulator.url, "password": files_api_emulator.token}
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW_CONN_DBX_EMU": json.dumps(conn)}
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_OFFICIAL, str(src), f"{VOL}/no-official/src.bin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
+    assert sha256_file(Path(f"{src}.back")) == sha256_file(src)
 
 
 def test_upload_download_and_file_operations(
