@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from airflow_databricks_transfer.engine.upload import UploadOptions
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
 from tests.integration.conftest import MiB, make_file, sha256_file
+from tests.venv_without import venv_without
 
 pytestmark = pytest.mark.integration
 VOL = "/Volumes/main/default/landing"
@@ -55,8 +55,10 @@ def test_works_without_the_official_databricks_provider(
     src = make_file(tmp_path / "src.bin", 3 * MiB, seed=9)
     conn = {"conn_type": "databricks", "host": files_api_emulator.url, "password": files_api_emulator.token}
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW_CONN_DBX_EMU": json.dumps(conn)}
+    # Airflow itself must not know the provider either (it imports every installed provider's info)
+    python = venv_without(tmp_path / "venv", "apache-airflow-providers-databricks")
     out = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_OFFICIAL, str(src), f"{VOL}/no-official/src.bin"],
+        [str(python), "-c", _WITHOUT_OFFICIAL, str(src), f"{VOL}/no-official/src.bin"],
         env=env,
         capture_output=True,
         text=True,
