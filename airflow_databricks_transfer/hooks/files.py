@@ -25,6 +25,7 @@ from airflow_databricks_transfer.engine.download import Downloader, DownloadOpti
 from airflow_databricks_transfer.engine.errors import RemoteNotFoundError
 from airflow_databricks_transfer.engine.ports import DownloadCheckpointSink, UploadCheckpointSink
 from airflow_databricks_transfer.engine.progress import Subscriber, log_progress
+from airflow_databricks_transfer.engine.retry import RetryPolicy
 from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions, UploadResult
 
 
@@ -40,11 +41,17 @@ class DatabricksFilesHook(BaseHook):
     hook_name = "Databricks Files API"
 
     def __init__(
-        self, databricks_conn_id: str = default_conn_name, *, use_presigned_urls: bool = True
+        self,
+        databricks_conn_id: str = default_conn_name,
+        *,
+        use_presigned_urls: bool = True,
+        metadata_retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__()
         self.databricks_conn_id = databricks_conn_id
         self.use_presigned_urls = use_presigned_urls
+        # retries of metadata and listing calls (the trigger has its own bounded loop: one attempt each)
+        self.metadata_retry = metadata_retry
         # cancel() runs from on_kill, i.e. inside the SIGTERM handler on the main thread, which may be
         # anywhere, even inside _running: so neither side takes a lock. Plain attribute stores are atomic,
         # and each side writes its own field before reading the other's, so a cancel is never lost.
@@ -64,7 +71,9 @@ class DatabricksFilesHook(BaseHook):
 
     @cached_property
     def client(self) -> FilesApiClient:
-        return FilesApiClient(self.workspace_client, use_presigned=self.use_presigned_urls)
+        return FilesApiClient(
+            self.workspace_client, use_presigned=self.use_presigned_urls, retry=self.metadata_retry
+        )
 
     def test_connection(self) -> tuple[bool, str]:
         try:

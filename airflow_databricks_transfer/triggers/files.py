@@ -25,6 +25,7 @@ from airflow_databricks_transfer.engine.errors import (
     SessionLostError,
     UrlExpiredError,
 )
+from airflow_databricks_transfer.engine.retry import RetryPolicy
 from airflow_databricks_transfer.engine.stability import StabilityTracker
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook, find_matches
 
@@ -100,7 +101,8 @@ class DatabricksVolumeFileTrigger(BaseTrigger):
         return rng.uniform(cap / 2, cap)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = DatabricksFilesHook(self.databricks_conn_id)
+        # one request per check: this loop is the retry loop, and its time bound must hold
+        hook = DatabricksFilesHook(self.databricks_conn_id, metadata_retry=RetryPolicy(max_attempts=1))
         tracker = StabilityTracker(self.stable_checks, self.stability_state)
         rng = random.Random()  # noqa: S311 - jitter, not secrets
         failing_since: float | None = None
@@ -108,7 +110,10 @@ class DatabricksVolumeFileTrigger(BaseTrigger):
         while True:
             try:
                 matches = await asyncio.to_thread(find_matches, hook, self.path)
-            except Exception as err:  # noqa: BLE001 - classified here; the sensor fails the task
+            except Exception as caught:  # noqa: BLE001 - classified here; the sensor fails the task
+                err: BaseException = caught
+                if isinstance(err, RetryBudgetExceeded) and err.last_error is not None:
+                    err = err.last_error  # a single attempt gave up: report what actually failed
                 what = f"{type(err).__name__}: {err}"
                 if not is_transient(err):
                     yield _event({"status": "error", "message": what})

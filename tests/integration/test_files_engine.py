@@ -22,7 +22,7 @@ import pytest
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.core import Config
 
-from airflow_databricks_transfer.clients.files_api import FilesApiClient
+from airflow_databricks_transfer.clients.files_api import FilesApiClient, FilesApiDownloadSource
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
 from airflow_databricks_transfer.engine.download import Downloader, DownloadOptions, temp_path_for
 from airflow_databricks_transfer.engine.errors import (
@@ -563,24 +563,30 @@ def test_disk_filling_up_mid_download_keeps_finished_chunks(
     out = tiny_disk / "out.bin"
     filler = tiny_disk / "filler"
 
-    def fill_the_disk(cp: DownloadCheckpoint) -> None:  # another program takes the space meanwhile
-        if cp.done_chunks and not filler.exists():
-            with open(filler, "wb") as f, contextlib.suppress(OSError):
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
+    def fill_the_disk() -> None:  # another program takes the space meanwhile
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
 
-    sink = MemorySink(fill_the_disk)
+    class FillsBeforeTheLastChunk(FilesApiDownloadSource):
+        """Acts just before the ranged GET of the last chunk (a checkpoint callback would race it)."""
+
+        def open_range(self, start: int, length: int, pinned: Any, **kw: Any) -> Any:
+            if start >= 2 * MiB and not filler.exists():
+                fill_the_disk()
+            return super().open_range(start, length, pinned, **kw)
+
+    sink = MemorySink()
     opts = down_opts(parallelism=1, chunk_size_bytes=MiB, buffer_size_bytes=MiB)
     with pytest.raises(InsufficientSpaceError, match="finished chunks are kept"):
-        Downloader(client.download_source(path), out, opts, sink=sink).run()
+        Downloader(FillsBeforeTheLastChunk(client, path), out, opts, sink=sink).run()
     kept = sink.latest
-    assert isinstance(kept, DownloadCheckpoint) and kept.done_chunks
+    assert isinstance(kept, DownloadCheckpoint) and kept.done_chunks == {0, 1}
     assert Path(kept.temp_path).exists() and not out.exists()
     filler.unlink()  # space freed: the retry continues from the finished chunks
-    sink.on_save = None
     result = Downloader(client.download_source(path), out, opts, sink=sink).run(kept)
-    assert result.chunks_resumed == len(kept.done_chunks)
+    assert result.chunks_resumed == 2
     assert sha256_file(out) == sha256_file(files_api_emulator.local_path(path))
 
 
