@@ -45,8 +45,29 @@ class Response:
         return data
 
     def readinto(self, buf: memoryview) -> int:
+        """Read what has arrived, up to ``len(buf)``: at least one byte, 0 at the end of the body.
+
+        A Content-Length body is read with one ``recv`` into ``buf`` (``readinto1``), not filled by a
+        loop as ``HTTPResponse.readinto`` does, so the caller sees a stop between reads even on a
+        slow link and may ask for many MiB at once.
+        """
+        resp = self._resp
         try:
-            return self._resp.readinto(buf)
+            if resp.chunked or resp.length is None or resp.fp is None:
+                return resp.readinto(buf)
+            if resp.length == 0 or not len(buf):
+                if resp.length == 0:
+                    resp.read()  # ends the response (reads nothing) so the connection is reused
+                return 0
+            n = resp.fp.readinto1(buf[: resp.length])
+            if n == 0:  # the server closed the connection inside the body
+                self._pool.discard(self._conn)
+                resp.close()
+                return 0
+            resp.length -= n
+            if resp.length == 0:
+                resp.read()  # ends the response (length 0: reads nothing) so the connection is reused
+            return n
         except http.client.IncompleteRead as err:
             self._pool.discard(self._conn)
             raise ConnectionLostError(
