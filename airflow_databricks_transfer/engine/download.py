@@ -451,8 +451,11 @@ class Downloader:
                 try:
                     while done < size:
                         # pieces end on ALIGN boundaries of the file (after a cut, too)
-                        lead = (start + done) % ALIGN if len(buf) >= 2 * ALIGN else 0
-                        piece = min(len(buf) - lead, size - done)
+                        if len(buf) >= 2 * ALIGN:
+                            piece = len(buf) - len(buf) % ALIGN - (start + done) % ALIGN
+                        else:
+                            piece = len(buf)
+                        piece = min(piece, size - done)
                         filled = 0
                         try:
                             while filled < piece:
