@@ -373,7 +373,10 @@ class Downloader:
         todo = [i for i in range(cp.chunk_count) if i not in cp.done_chunks]
         saver: CoalescingSaver[DownloadCheckpoint] = CoalescingSaver(self.sink.save)
         state = {"cp": cp}
-        direct = opts.direct_io if opts.direct_io is not None else _direct_io_pays(cp.temp_path)
+        local_disk = _direct_io_pays(cp.temp_path)
+        direct = opts.direct_io if opts.direct_io is not None else local_disk
+        if direct and local_disk and cp.length:
+            self._preallocate(cp)
         hasher = _InOrderHasher(cp, self._stop, direct) if opts.compute_sha256 else None
         write_lock = threading.Lock()
 
@@ -409,6 +412,22 @@ class Downloader:
         return self._finish(
             state["cp"], remote, tracker, started, resumed_chunks, resumed_bytes, restarted, digest
         )
+
+    def _preallocate(self, cp: DownloadCheckpoint) -> None:
+        """Allocate the temp file's blocks (unwritten extents: cheap on ext4 and xfs, no zeroing).
+
+        ext4 then lets aligned O_DIRECT writes of the workers run side by side under a shared inode
+        lock (into holes they go one at a time), and the space is held from the start.
+        """
+        fd = os.open(cp.temp_path, os.O_WRONLY)
+        try:
+            os.posix_fallocate(fd, 0, cp.length)
+        except OSError as err:
+            if _is_disk_full(err):
+                raise _disk_full(cp.temp_path, cp.length - cp.bytes_done) from err
+            log.debug("could not preallocate %s: %s", cp.temp_path, err)
+        finally:
+            os.close(fd)
 
     def _fetch_chunk(
         self,
