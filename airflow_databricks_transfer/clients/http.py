@@ -85,9 +85,30 @@ class Response:
             raise Cancelled("receive cancelled") from err
 
     def readinto(self, buf: memoryview) -> int:
-        """Each receive waits at most the pool's timeout: a slow body is fine, a silent one is not."""
+        """Read what has arrived, up to ``len(buf)``: at least one byte, 0 at the end of the body.
+
+        A Content-Length body is read with one ``recv`` into ``buf`` (``readinto1``), not filled by a
+        loop as ``HTTPResponse.readinto`` does, so the caller sees a stop between reads even on a slow
+        link and may ask for many MiB at once. Each receive waits at most the pool's timeout: a slow
+        body is fine, a silent one is not.
+        """
+        resp = self._resp
         try:
-            n = self._resp.readinto(buf)
+            if resp.chunked or resp.length is None or resp.fp is None:
+                n = resp.readinto(buf)
+            elif resp.length == 0 or not len(buf):
+                if resp.length == 0:
+                    resp.read()  # ends the response (reads nothing) so the connection is reused
+                n = 0
+            else:
+                n = resp.fp.readinto1(buf[: resp.length])
+                if n == 0:  # the server closed the connection inside the body (or a cancel shut it)
+                    self._pool.discard(self._conn)
+                    resp.close()
+                else:
+                    resp.length -= n
+                    if resp.length == 0:
+                        resp.read()  # ends the response (length 0: reads nothing); the connection is reused
         except http.client.IncompleteRead as err:
             self._pool.discard(self._conn)
             self._raise_cancelled(err)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from airflow_databricks_transfer.engine.errors import (
     SourceChangedError,
 )
 from airflow_databricks_transfer.engine.localstate import FileCheckpointSink
+from airflow_databricks_transfer.engine.progress import ProgressEvent
 from airflow_databricks_transfer.engine.retry import Cancelled, RetryPolicy
 from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
@@ -459,6 +461,29 @@ def test_download_survives_cuts_and_throttling(
     assert sum(r.bytes_out for r in files_api_emulator.requests("presigned.download")) <= 10 * MiB + 300_000
 
 
+@pytest.mark.parametrize("direct_io", [True, False], ids=["o_direct", "page_cache"])
+def test_download_writes_and_hashes_every_byte_after_an_unaligned_cut(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path, direct_io: bool
+) -> None:
+    """O_DIRECT writes whole aligned pieces; a cut at an odd offset, the odd-sized tail and the
+    in-order hash running right behind the writers must still give the exact bytes and digest."""
+    path = f"{VOL}/odd.bin"
+    size = 5 * MiB + 4097
+    files_api_emulator.seed(files=[{"path": path, "size": size, "seed": 25}])
+    files_api_emulator.add_fault(route="presigned.download", nth=2, cut_after_bytes=300_001)
+    out = tmp_path / "out.bin"
+    opts = down_opts(buffer_size_bytes=MiB, parallelism=2, direct_io=direct_io)
+    result = Downloader(client.download_source(path), out, opts).run()
+    assert sha256_file(out) == sha256_file(files_api_emulator.local_path(path)) == result.sha256
+    gets = files_api_emulator.requests("presigned.download")
+    cut = next(r for r in gets if r.dropped)
+    assert cut.bytes_out == 300_001 and cut.range is not None
+    first = int(cut.range.split("=")[1].split("-")[0])
+    # the bytes that arrived before the cut were kept: the retry asked only for the rest
+    assert any(r.range and r.range.startswith(f"bytes={first + 300_001}-") for r in gets)
+    assert sum(r.bytes_out for r in gets) == size  # every byte served once
+
+
 def test_download_url_expiry_is_refreshed(
     client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
 ) -> None:
@@ -588,6 +613,47 @@ def test_disk_filling_up_mid_download_keeps_finished_chunks(
     result = Downloader(client.download_source(path), out, opts, sink=sink).run(kept)
     assert result.chunks_resumed == 2
     assert sha256_file(out) == sha256_file(files_api_emulator.local_path(path))
+
+
+@pytest.fixture
+def tiny_ext4(tmp_path: Path) -> Iterator[Path]:
+    """A real 16 MiB ext4 filesystem, loop-mounted (needs root and mkfs.ext4, as in CI)."""
+    if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
+        pytest.skip("a loop-mounted ext4 needs root and mkfs.ext4 (CI has both)")
+    img, mnt = tmp_path / "ext4.img", tmp_path / "ext4"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(16 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_space_is_held_on_a_local_disk_so_filling_it_meanwhile_does_not_stop_the_download(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tiny_ext4: Path
+) -> None:
+    """On ext4 the temp file is preallocated (for its O_DIRECT writes), so another program filling the
+    disk mid-way takes only the space that is left; before, the sparse file failed with ENOSPC."""
+    path = f"{VOL}/held.bin"
+    files_api_emulator.seed(files=[{"path": path, "size": 6 * MiB, "seed": 26}])
+    out = tiny_ext4 / "out.bin"
+    filler = tiny_ext4 / "filler"
+
+    def fill_the_disk(event: ProgressEvent) -> None:  # in the worker, once the first MiB is written
+        if event.bytes_done >= MiB and not filler.exists():
+            with open(filler, "wb") as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+
+    opts = down_opts(parallelism=1, chunk_size_bytes=MiB, buffer_size_bytes=MiB, progress_interval_s=0.0)
+    source = client.download_source(path)
+    result = Downloader(source, out, opts, subscribers=[fill_the_disk]).run()
+    assert filler.stat().st_size > MiB and shutil.disk_usage(tiny_ext4).free < MiB  # the disk did fill
+    assert result.sha256 == sha256_file(out) == sha256_file(files_api_emulator.local_path(path))
 
 
 # ---------------------------------------------------------------- bad input
