@@ -81,3 +81,38 @@ def make_file(path: Path, size: int, seed: int = 0) -> Path:
             f.write(rng.randbytes(n))
             left -= n
     return path
+
+
+@pytest.fixture
+def conn(files_api_emulator: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """An Airflow ``databricks`` connection to the emulator (an AIRFLOW_CONN_* JSON); its id."""
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    conn = {
+        "conn_type": "databricks",
+        "host": files_api_emulator.url,
+        "password": files_api_emulator.token,
+        "extra": {"retry_timeout_seconds": 5},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_DBX_EMU_TEST", json.dumps(conn))
+    return "dbx_emu_test"
+
+
+def context(**values: Any) -> Any:
+    """A task context with only what the code under test reads (typed Any: stand-ins, not the real ones)."""
+    return values
+
+
+class DictStore:
+    """Stands in for the task state store (get/set/delete), so execute() runs outside a task runner."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: Any, **_: Any) -> None:
+        self.data[key] = json.loads(json.dumps(value))
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)

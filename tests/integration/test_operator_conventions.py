@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
@@ -19,44 +17,10 @@ from airflow_databricks_transfer.operators.files import (
     LocalFilesystemToDatabricksVolumeOperator,
 )
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
-from tests.integration.conftest import MiB, make_file
+from tests.integration.conftest import DictStore, MiB, context, make_file
 
 pytestmark = pytest.mark.integration
 VOL = "/Volumes/main/default/landing"
-
-
-def context(**values: Any) -> Any:
-    """A task context with only what the code under test reads (typed Any: stand-ins, not the real ones)."""
-    return values
-
-
-class DictStore:
-    """Stands in for the task state store (get/set/delete), so execute() runs outside a task runner."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def set(self, key: str, value: Any, **_: Any) -> None:
-        self.data[key] = json.loads(json.dumps(value))
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-
-
-@pytest.fixture
-def conn(files_api_emulator: FilesApiEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
-    conn = {
-        "conn_type": "databricks",
-        "host": files_api_emulator.url,
-        "password": files_api_emulator.token,
-        "extra": {"retry_timeout_seconds": 10},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_DBX_OPS", json.dumps(conn))
-    return "dbx_ops"
 
 
 def test_download_renders_its_templated_arguments(

@@ -6,7 +6,6 @@ import asyncio
 import importlib
 import json
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,37 +14,10 @@ from airflow_databricks_transfer.hooks.files import DatabricksFilesHook, find_ma
 from airflow_databricks_transfer.sensors.files import DatabricksVolumeFileSensor
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
 from airflow_databricks_transfer.triggers.files import DatabricksVolumeFileTrigger
+from tests.integration.conftest import DictStore
 
 pytestmark = pytest.mark.integration
 VOL = "/Volumes/main/default/landing"
-
-
-@pytest.fixture
-def conn(files_api_emulator: FilesApiEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_DBX_SENSOR",
-        json.dumps(
-            {"conn_type": "databricks", "host": files_api_emulator.url, "password": files_api_emulator.token}
-        ),
-    )
-    return "dbx_sensor"
-
-
-class DictStore:
-    """Stands in for the task state store: the sensor only needs get/set/delete."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def set(self, key: str, value: Any, **_: Any) -> None:
-        self.data[key] = json.loads(json.dumps(value))
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
 
 
 def test_split_glob() -> None:

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,45 +22,11 @@ from airflow.sdk.exceptions import (
 from airflow_databricks_transfer.sensors.files import STABILITY_KEY, DatabricksVolumeFileSensor
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
 from airflow_databricks_transfer.triggers.files import DatabricksVolumeFileTrigger
-from tests.integration.conftest import REPO
+from tests.integration.conftest import REPO, DictStore, context
 
 pytestmark = pytest.mark.integration
 VOL = "/Volumes/main/default/landing"
 LIST = "directories.get"
-
-
-@pytest.fixture
-def conn(files_api_emulator: FilesApiEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
-    conn = {
-        "conn_type": "databricks",
-        "host": files_api_emulator.url,
-        "password": files_api_emulator.token,
-        "extra": {"retry_timeout_seconds": 5},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_DBX_SENSOR2", json.dumps(conn))
-    return "dbx_sensor2"
-
-
-def context(**values: Any) -> Any:
-    """A task context with only what the code under test reads (typed Any: stand-ins, not the real ones)."""
-    return values
-
-
-class DictStore:
-    """Stands in for the task state store: the sensor only needs get/set/delete."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def set(self, key: str, value: Any, **_: Any) -> None:
-        self.data[key] = json.loads(json.dumps(value))
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
 
 
 class RescheduledTI:

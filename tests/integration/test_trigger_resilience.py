@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,19 +18,6 @@ from airflow_databricks_transfer.triggers.files import DatabricksVolumeFileTrigg
 pytestmark = pytest.mark.integration
 VOL = "/Volumes/main/default/landing"
 LIST = "directories.get"
-
-
-@pytest.fixture
-def conn(files_api_emulator: FilesApiEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
-    conn = {
-        "conn_type": "databricks",
-        "host": files_api_emulator.url,
-        "password": files_api_emulator.token,
-        "extra": {"retry_timeout_seconds": 5},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_DBX_TRIGGER", json.dumps(conn))
-    return "dbx_trigger"
 
 
 def round_trip(trigger: DatabricksVolumeFileTrigger) -> DatabricksVolumeFileTrigger:
