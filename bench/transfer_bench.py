@@ -86,6 +86,8 @@ def _emit(tag: str, payload: Any = None) -> None:
 
 
 def _prepare_ours(spec: dict[str, Any]) -> tuple[Callable[[], dict[str, Any]], str]:
+    from airflow.sdk.lineage import get_hook_lineage_collector
+
     from airflow_databricks_transfer import __version__
     from airflow_databricks_transfer.engine.checkpoint import UploadCheckpoint
     from airflow_databricks_transfer.engine.download import DownloadOptions
@@ -95,6 +97,9 @@ def _prepare_ours(spec: dict[str, Any]) -> tuple[Callable[[], dict[str, Any]], s
 
     hook = DatabricksFilesHook(CONN_ID)
     _ = hook.client  # connection lookup and WorkspaceClient: setup, not transfer
+    # Airflow's provider discovery for hook lineage, once per process (~0.7 CPU-s here, the same for
+    # every hook that reports lineage): setup, not transfer. The README gives the one-time cost.
+    get_hook_lineage_collector()
     par = spec["parallelism"]
     if spec["op"] == "upload":
         up = UploadOptions(parallelism=par, verify_sha256=spec["sha256"])
