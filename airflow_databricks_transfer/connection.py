@@ -58,7 +58,10 @@ EXTRA_FIELDS: dict[str, dict[str, Any]] = {
     },
     "http_timeout_seconds": {
         "label": "HTTP timeout of API calls (s)",
-        "description": "Socket timeout of one control call of the databricks-sdk client (default 60).",
+        "description": (
+            "Socket timeout of one control call, and how long a data transfer may make no progress "
+            "(default 60)."
+        ),
         "schema": {"type": ["integer", "null"], "minimum": 1},
     },
 }

@@ -117,3 +117,25 @@ def test_missing_connection_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
     with pytest.raises(Exception, match="isn't defined"):
         DatabricksFilesHook("no_such_connection").get_metadata(f"{VOL}/x")
+
+
+def test_the_connections_http_timeout_bounds_a_silent_data_transfer(
+    files_api_emulator: FilesApiEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``http_timeout_seconds`` of the connection also applies to the data path: a ranged GET whose
+    server stays silent for 4 s is given up after 1 s of no progress and retried (it used to wait 60 s)."""
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    conn = {
+        "conn_type": "databricks",
+        "host": files_api_emulator.url,
+        "password": files_api_emulator.token,
+        "extra": {"http_timeout_seconds": 1},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_DBX_SHORT", json.dumps(conn))
+    path = f"{VOL}/silent.bin"
+    files_api_emulator.seed(files=[{"path": path, "size": 3 * MiB, "seed": 31}])
+    files_api_emulator.add_fault(route="presigned.download", delay_s=4, times=1)
+    out = tmp_path / "out.bin"
+    result = DatabricksFilesHook("dbx_short").download_file(path, str(out))
+    assert result.retries == 1
+    assert sha256_file(out) == sha256_file(files_api_emulator.local_path(path))
