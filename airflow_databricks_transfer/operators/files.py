@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
@@ -80,11 +80,9 @@ def _opt_float(value: Any, name: str) -> float | None:
         raise AirflowFailException(f"{name} must be a number, got {value!r}") from None
 
 
-class _FilesTransferOperator(BaseOperator):
-    """Common options of both transfer operators (each documents them again, for its own API page).
+_T = TypeVar("_T")
 
-    :param local_path: the local file (templated).
-    :param volume_path: the Volume file, ``/Volumes/<catalog>/<schema>/<volume>/...`` (templated).
+_COMMON_PARAMS = """
     :param databricks_conn_id: the Airflow connection (type ``databricks``) (templated).
     :param overwrite: replace an existing destination file (default True); False fails if it exists.
     :param parallelism: concurrent workers (templated); memory is about parallelism x part/chunk size.
@@ -99,6 +97,21 @@ class _FilesTransferOperator(BaseOperator):
         Airflow's own ``retries`` then re-run the task, which resumes from its checkpoint.
     :param checkpoint_interval_s: least time between two checkpoint writes to the task state store
         (each costs API calls; the final state is always written). Default 1 s.
+"""
+
+
+def _documents_common_params(cls: type[_T]) -> type[_T]:
+    """Each operator's API page lists the options it inherits: one text, appended to each docstring."""
+    cls.__doc__ = f"{(cls.__doc__ or '').rstrip()}\n{_COMMON_PARAMS}"
+    return cls
+
+
+@_documents_common_params
+class _FilesTransferOperator(BaseOperator):
+    """Common options of both transfer operators (appended to each one's docstring, for its API page).
+
+    :param local_path: the local file (templated).
+    :param volume_path: the Volume file, ``/Volumes/<catalog>/<schema>/<volume>/...`` (templated).
     """
 
     template_fields: Sequence[str] = (
@@ -170,6 +183,7 @@ class _FilesTransferOperator(BaseOperator):
             raise AirflowFailException(f"{type(err).__name__}: {err}") from err
 
 
+@_documents_common_params
 class LocalFilesystemToDatabricksVolumeOperator(_FilesTransferOperator):
     """Upload a local file to a Unity Catalog Volume: single-shot when small, parallel multipart when large.
 
@@ -182,20 +196,6 @@ class LocalFilesystemToDatabricksVolumeOperator(_FilesTransferOperator):
     :param verify_sha256: keep a SHA-256 per finished part, so a retry re-checks the bytes of resumed parts
         (catches a source rewritten without a size or mtime change).
     :param compute_sha256: report the SHA-256 of the whole file in the result.
-    :param databricks_conn_id: the Airflow connection (type ``databricks``) (templated).
-    :param overwrite: replace an existing destination file (default True); False fails if it exists.
-    :param parallelism: concurrent workers (templated); memory is about parallelism x part/chunk size.
-    :param bandwidth_limit_bytes_per_s: token-bucket limit shared by all workers; None or 0 means no
-        limit (templated).
-    :param use_presigned_urls: move data through presigned cloud-storage URLs when the workspace offers
-        them (faster, parallel); False uses the workspace's own Files API endpoints only.
-    :param progress_interval_s: seconds between progress lines in the task log.
-    :param checkpoint_key: task state store key of the checkpoint (two transfers in one task need
-        different keys).
-    :param transfer_retry: per-request backoff inside one try (attempts, delays, Retry-After cap);
-        Airflow's own ``retries`` then re-run the task, which resumes from its checkpoint.
-    :param checkpoint_interval_s: least time between two checkpoint writes to the task state store
-        (each costs API calls; the final state is always written). Default 1 s.
 
     A source that changes during or between tries fails the task without retries (``SourceChangedError``).
     """
@@ -269,6 +269,7 @@ class LocalFilesystemToDatabricksVolumeOperator(_FilesTransferOperator):
         return out
 
 
+@_documents_common_params
 class DatabricksVolumeToLocalFilesystemOperator(_FilesTransferOperator):
     """Download a file from a Unity Catalog Volume with parallel ranged GETs, resumable and verified.
 
@@ -286,20 +287,6 @@ class DatabricksVolumeToLocalFilesystemOperator(_FilesTransferOperator):
     :param direct_io: write with ``O_DIRECT`` past the page cache (None, the default: on a local ext4
         or xfs disk, where it saves most of the CPU of a download); False keeps the finished file in
         the page cache for a task that reads it next on the same worker.
-    :param databricks_conn_id: the Airflow connection (type ``databricks``) (templated).
-    :param overwrite: replace an existing destination file (default True); False fails if it exists.
-    :param parallelism: concurrent workers (templated); memory is about parallelism x part/chunk size.
-    :param bandwidth_limit_bytes_per_s: token-bucket limit shared by all workers; None or 0 means no
-        limit (templated).
-    :param use_presigned_urls: move data through presigned cloud-storage URLs when the workspace offers
-        them (faster, parallel); False uses the workspace's own Files API endpoints only.
-    :param progress_interval_s: seconds between progress lines in the task log.
-    :param checkpoint_key: task state store key of the checkpoint (two transfers in one task need
-        different keys).
-    :param transfer_retry: per-request backoff inside one try (attempts, delays, Retry-After cap);
-        Airflow's own ``retries`` then re-run the task, which resumes from its checkpoint.
-    :param checkpoint_interval_s: least time between two checkpoint writes to the task state store
-        (each costs API calls; the final state is always written). Default 1 s.
     """
 
     _local_is_input = False
