@@ -22,44 +22,30 @@ VOL = "/Volumes/main/default/landing"
 
 
 @pytest.fixture
-def hook(
-    files_api_emulator: FilesApiEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> DatabricksFilesHook:
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
-    conn = {
-        "conn_type": "databricks",
-        "host": files_api_emulator.url,
-        "password": files_api_emulator.token,
-        "extra": {"retry_timeout_seconds": 10},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_DBX_EMU", json.dumps(conn))
-    return DatabricksFilesHook("dbx_emu")
+def hook(conn: str) -> DatabricksFilesHook:
+    return DatabricksFilesHook(conn)
 
 
 _WITHOUT_OFFICIAL = """
 import sys
 sys.modules["airflow.providers.databricks"] = None  # any import of the official provider now fails
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
-hook = DatabricksFilesHook("dbx_emu")
+hook = DatabricksFilesHook(sys.argv[3])
 hook.upload_file(sys.argv[1], sys.argv[2])
 hook.download_file(sys.argv[2], sys.argv[1] + ".back")
 print("ok")
 """
 
 
-def test_works_without_the_official_databricks_provider(
-    files_api_emulator: FilesApiEmulator, tmp_path: Path
-) -> None:
+def test_works_without_the_official_databricks_provider(conn: str, tmp_path: Path) -> None:
     """The test environment has the official provider installed; a user may not: the hook must never
     need it. A fresh process where importing it fails still moves a file both ways."""
     src = make_file(tmp_path / "src.bin", 3 * MiB, seed=9)
-    conn = {"conn_type": "databricks", "host": files_api_emulator.url, "password": files_api_emulator.token}
-    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW_CONN_DBX_EMU": json.dumps(conn)}
     # Airflow itself must not know the provider either (it imports every installed provider's info)
     python = venv_without(tmp_path / "venv", "apache-airflow-providers-databricks")
     out = subprocess.run(
-        [str(python), "-c", _WITHOUT_OFFICIAL, str(src), f"{VOL}/no-official/src.bin"],
-        env=env,
+        [str(python), "-c", _WITHOUT_OFFICIAL, str(src), f"{VOL}/no-official/src.bin", conn],
+        env=dict(os.environ),  # AIRFLOW_HOME and the connection, as the conn fixture set them
         capture_output=True,
         text=True,
         timeout=120,
