@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 from typing import Any
 
 import pendulum
@@ -29,6 +30,10 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     tags=["databricks", "sensor", "example"],
+    # Retries as in production. They also cover apache/airflow#72716 (3.3.1, open): a trigger that fires
+    # within seconds can let the scheduler apply the deferral's stale executor event to the resumed try
+    # and fail it ("state mismatch"); the retry re-checks and, the files being there, succeeds.
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=5)},
     params={
         "drop_dir": Param(
             "/Volumes/main/default/landing/drop",

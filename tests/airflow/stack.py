@@ -245,6 +245,25 @@ class AirflowStack:
             },
         )
 
+    def run_report(self, dag_id: str, run_id: str, tail: int = 40) -> str:
+        """What a failed run did: each task's state and the end of every try's log, and the components'
+        lines naming the run (heartbeat timeouts, executor events), so a failure in CI explains itself."""
+        lines = []
+        with contextlib.suppress(requests.RequestException, ValueError, KeyError):
+            tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances")
+            lines += [f"{t['task_id']}: {t['state']} (try {t['try_number']})" for t in tis["task_instances"]]
+        run_dir = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+        for path in sorted(run_dir.rglob("*")) if run_dir.is_dir() else []:
+            if path.is_file():
+                text = path.read_text(errors="replace").splitlines()[-tail:]
+                lines += [f"--- {path.relative_to(run_dir)}", *text]
+        for name in ("scheduler", "triggerer"):
+            log = self.home / f"{name}.log"
+            if log.is_file():
+                hits = [line for line in log.read_text(errors="replace").splitlines() if run_id in line]
+                lines += [f"--- {name}.log lines naming the run", *hits[-tail:]]
+        return "\n".join(lines)
+
     def logs_text(self) -> str:
         """Every task log file of this stack, concatenated (for leak checks)."""
         chunks = []

@@ -123,14 +123,14 @@ def test_killed_upload_resumes_on_retry_and_a_clear_starts_over(
     progress = stack.xcom("resume_upload", run_id, "upload", "checkpoint")
     assert progress["percent"] >= 25 and "session_token" not in progress  # the UI mirror
     kill_task_process(stack, "resume_upload", run_id, "upload")
-    assert stack.wait_for_run("resume_upload", run_id) == "success"
+    assert stack.wait_for_run("resume_upload", run_id) == "success", stack.run_report("resume_upload", run_id)
     check_upload_resumed(stack, emu, "resume_upload", run_id, dest, src, at_kill)
 
     # a manual Clear of the finished task uploads from scratch rather than "resuming" a finished one
     before = sum(emu.part_bytes(dest).values())
     stack.clear("resume_upload", run_id, "upload")
     wait_for(lambda: stack.run_state("resume_upload", run_id) != "success", 30, "the cleared run to restart")
-    assert stack.wait_for_run("resume_upload", run_id) == "success"
+    assert stack.wait_for_run("resume_upload", run_id) == "success", stack.run_report("resume_upload", run_id)
     again = stack.xcom("resume_upload", run_id, "upload")
     assert again["parts_resumed"] == 0 and again["bytes_sent"] == SIZE
     assert sum(emu.part_bytes(dest).values()) - before == SIZE
@@ -156,7 +156,9 @@ def test_killed_download_resumes_on_retry(
     served_before = sum(r.bytes_out for r in emu.requests("presigned.download") if r.path == path)
     kill_task_process(stack, "resume_download", run_id, "download")
     assert not dest.exists()  # never a half-written file in place
-    assert stack.wait_for_run("resume_download", run_id) == "success"
+    assert stack.wait_for_run("resume_download", run_id) == "success", stack.run_report(
+        "resume_download", run_id
+    )
     tries = stack.tries("resume_download", run_id, "download")
     assert [t["state"] for t in tries] == ["failed", "success"]
     result = stack.xcom("resume_download", run_id, "download")
@@ -255,5 +257,7 @@ def test_celery_worker_killed_whole_and_the_retry_resumes_on_the_other_worker(
         return None
 
     assert wait_for(try2_worker, 180, "try 2 to start") == other
-    assert stack.wait_for_run("resume_upload", run_id, timeout=300) == "success"
+    assert stack.wait_for_run("resume_upload", run_id, timeout=300) == "success", stack.run_report(
+        "resume_upload", run_id
+    )
     check_upload_resumed(stack, emu, "resume_upload", run_id, dest, src, at_kill)
