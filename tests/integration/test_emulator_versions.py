@@ -282,8 +282,9 @@ def test_a_resumed_download_after_a_same_size_rewrite_in_the_same_second_never_s
         assert kept.done_chunks == frozenset()  # try 1 trusted no bytes while the second was running
 
 
+@pytest.mark.parametrize("parallelism", [1, 3])
 def test_direct_download_of_a_file_from_the_running_second_waits_for_it_to_end(
-    emu: FilesApiEmulator, client: FilesApiClient, tmp_path: Path
+    emu: FilesApiEmulator, client: FilesApiClient, tmp_path: Path, parallelism: int
 ) -> None:
     """Without an ETag, bytes from a request sent during the file's Last-Modified second are not
     trusted: the client HEADs until the server's Date has moved on, then asks again."""
@@ -300,9 +301,13 @@ def test_direct_download_of_a_file_from_the_running_second_waits_for_it_to_end(
             super()._settle(pinned, cancel)
 
     out = tmp_path / "out.bin"
-    result = Downloader(TickingSource(client, path), out, opts(), sink=MemorySink()).run()
+    source = TickingSource(client, path)
+    result = Downloader(source, out, opts(parallelism=parallelism), sink=MemorySink()).run()
     assert out.read_bytes() == data and result.restarted_reason is None
     log = [(r.method, r.status, r.range) for r in emu.requests() if r.route in ("files.get", "files.head")]
+    if parallelism > 1:  # ranges in flight together: each dropped and asked again after the one wait
+        assert [m for m, _, _ in log].count("HEAD") == 3  # the pin, the wait, the final check
+        return
     first_get = next(i for i, (m, _, _) in enumerate(log) if m == "GET")
     # the first ranged GET was answered, dropped unread, a HEAD saw the new second, the range came again
     assert log[first_get + 1][0] == "HEAD" and log[first_get + 2][:1] == ("GET",)
