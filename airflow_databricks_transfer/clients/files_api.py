@@ -42,7 +42,7 @@ from airflow_databricks_transfer.engine.errors import (
     UrlExpiredError,
 )
 from airflow_databricks_transfer.engine.ports import Pace, PresignedUrl, UploadSession
-from airflow_databricks_transfer.engine.retry import RetryPolicy, call_with_retry
+from airflow_databricks_transfer.engine.retry import Cancelled, RetryPolicy, call_with_retry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +69,17 @@ if not any(isinstance(f, RedactUrlQueries) for f in _sdk_logger.filters):
 FILES = "/api/2.0/fs/files"
 DIRS = "/api/2.0/fs/directories"
 _PRESIGNED_DISABLED = "FILES_API_API_IS_NOT_ENABLED"
+
+
+def _date_s(resp: Response) -> int | None:
+    """The answer's ``Date`` header as whole epoch seconds (the server's clock), or None."""
+    value = resp.headers.get("Date")
+    if not value:
+        return None
+    try:
+        return int(email.utils.parsedate_to_datetime(value).timestamp())
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _quote(path: str) -> str:
@@ -352,17 +363,24 @@ class FilesApiClient:
 
     def stat_once(self, path: str) -> RemoteVersion | None:
         """One HEAD; the engine calls this inside its own retry loop."""
+        return self.stat_dated(path)[0]
+
+    def stat_dated(self, path: str) -> tuple[RemoteVersion | None, int | None]:
+        """One HEAD: the file's version (None if missing) and the server's clock (``Date``, whole
+        seconds) when it answered, which tells whether a Last-Modified second is already over."""
         resp = self.workspace_request("HEAD", f"{FILES}{_quote(path)}")
         resp.read()
+        date_s = _date_s(resp)
         if resp.status == 404:
-            return None
+            return None, date_s
         if resp.status >= 300:
             raise http_error(resp.status, b"", resp.headers, f"HEAD {path}")
-        return RemoteVersion(
+        version = RemoteVersion(
             int(resp.headers.get("Content-Length", "0")),
             resp.headers.get("ETag"),
             resp.headers.get("Last-Modified"),
         )
+        return version, date_s
 
     def list_directory(self, path: str, *, page_size: int | None = None) -> Iterator[FileInfo]:
         token: str | None = None
@@ -620,16 +638,71 @@ class FilesApiDownloadSource:
         self._direct = not client.use_presigned
         self._pin: str | None = None  # "<presigned|direct> <ETag>" of the first ranged response
         self._lock = threading.Lock()
+        # latest server clock second seen in any answer: a request sent after it is served at or after it
+        self._server_s: int | None = None
+        self._settle_lock = threading.Lock()
 
     @property
     def path(self) -> str:
         return self._path
 
+    # How long a download waits for the server's clock to leave a fresh file's Last-Modified second
+    # (one second and a round trip normally; longer only if the server's clocks disagree).
+    settle_timeout_s: float = 5.0
+
     def stat(self) -> RemoteVersion:
-        remote = self.client.stat_once(self._path)
+        remote, date_s = self.client.stat_dated(self._path)
+        self._saw_date(date_s)
         if remote is None:
             raise RemoteNotFoundError(f"{self._path} does not exist")
         return remote
+
+    def _saw_date(self, date_s: int | None) -> None:
+        if date_s is not None:
+            with self._lock:
+                if self._server_s is None or date_s > self._server_s:
+                    self._server_s = date_s
+
+    def _settled_before(self, pinned: RemoteVersion, server_s: int | None) -> bool:
+        """Was the pinned Last-Modified second over when a request was sent (its clock ``server_s``)?
+
+        Only then does that Last-Modified name one version: a write after it gets a later second.
+        """
+        modified = pinned.last_modified_s
+        return modified is None or (server_s is not None and server_s > modified)
+
+    def _settle(self, pinned: RemoteVersion, cancel: threading.Event | None) -> None:
+        """Wait until the server's clock has left the pinned Last-Modified second, with the file still
+        the pinned size and second; RemoteChangedError if it is not."""
+        with self._settle_lock:
+            deadline = time.monotonic() + self.settle_timeout_s
+            while True:
+                with self._lock:
+                    server_s = self._server_s
+                if self._settled_before(pinned, server_s):
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RetryableError(
+                        f"{self._path}: the server's clock ({server_s}) has not passed the file's "
+                        f"Last-Modified ({pinned.last_modified}); without an ETag a rewrite in that "
+                        "second could not be told apart, so no bytes are trusted yet"
+                    )
+                # into the next second (by the local clock; the HEAD says where the server's is)
+                delay = min(left, 1.0 - time.time() % 1.0 + 0.02)
+                if cancel is not None:
+                    if cancel.wait(delay):
+                        raise Cancelled("download stopped")
+                else:
+                    time.sleep(delay)
+                remote, date_s = self.client.stat_dated(self._path)
+                self._saw_date(date_s)
+                if remote is None:
+                    raise RemoteNotFoundError(f"{self._path} does not exist")
+                if remote.size != pinned.size or remote.last_modified_s != pinned.last_modified_s:
+                    raise RemoteChangedError(
+                        f"{self._path} changed (size or Last-Modified differs from the pinned version)"
+                    )
 
     def invalidate_url(self) -> None:
         with self._lock:
@@ -689,25 +762,43 @@ class FilesApiDownloadSource:
         headers = {"Range": f"bytes={start}-{start + length - 1}", "Accept": "application/octet-stream"}
         if pinned.last_modified:
             headers["If-Unmodified-Since"] = pinned.last_modified
-        url = self._presigned()
-        mode = "direct" if url is None else "presigned"
-        expected = self._expected_etag(mode, pinned)
-        if expected:
-            headers["If-Match"] = expected
-        if url is not None:
-            resp = self.client.http.request("GET", url.url, {**dict(url.headers), **headers}, cancel=cancel)
-        else:
-            resp = self.client.workspace_request("GET", f"{FILES}{self._q}", headers=headers, cancel=cancel)
-        if resp.status not in (200, 206):
-            body = resp.read()
-            raise http_error(resp.status, body, resp.headers, f"download {self._path}")
-        self._check_version(resp, start, length, pinned, mode)
-        return _RangeReader(resp, length)
+        for _ in range(2):
+            with self._lock:
+                sent_after = self._server_s
+            url = self._presigned()
+            mode = "direct" if url is None else "presigned"
+            expected = self._expected_etag(mode, pinned)
+            if expected:
+                headers["If-Match"] = expected
+            else:
+                headers.pop("If-Match", None)
+            if url is not None:
+                resp = self.client.http.request(
+                    "GET", url.url, {**dict(url.headers), **headers}, cancel=cancel
+                )
+            else:
+                resp = self.client.workspace_request(
+                    "GET", f"{FILES}{self._q}", headers=headers, cancel=cancel
+                )
+            self._saw_date(_date_s(resp))
+            if resp.status not in (200, 206):
+                body = resp.read()
+                raise http_error(resp.status, body, resp.headers, f"download {self._path}")
+            by_etag = self._check_version(resp, start, length, pinned, mode)
+            if by_etag or self._settled_before(pinned, sent_after):
+                return _RangeReader(resp, length)
+            # No ETag, and the request went out while the file's Last-Modified second was still
+            # running: a rewrite later in that second would look the same, so these bytes could be of
+            # either version. Wait until the second is over, then ask again.
+            resp.close()
+            self._settle(pinned, cancel)
+        raise RetryableError(f"{self._path}: could not pin the version being downloaded")
 
     def _check_version(
         self, resp: Response, start: int, length: int, pinned: RemoteVersion, mode: str
-    ) -> None:
-        """Refuse bytes of another version, even from a server that ignores the conditional headers.
+    ) -> bool:
+        """Refuse bytes of another version, even from a server that ignores the conditional headers;
+        True when an ETag vouched for them, False when only size and Last-Modified did.
 
         Size and Last-Modified (one-second resolution) miss a same-size rewrite within a second, and
         the workspace's HEAD may carry no ETag at all; so the first ranged response's ETag pins every
@@ -748,3 +839,4 @@ class FilesApiDownloadSource:
             raise RemoteChangedError(
                 f"{self._path} changed (size, Last-Modified or ETag differs from the pinned version)"
             )
+        return bool(etag)

@@ -166,7 +166,7 @@ class DatabricksFilesHook(BaseHook):
 
     # ------------------------------------------------------------------ metadata and directories
     def get_metadata(self, volume_path: str) -> dict[str, Any] | None:
-        """Size, ETag and Last-Modified of a file, or None when there is none."""
+        """Size, ETag (None: the workspace may send none) and Last-Modified of a file, or None if missing."""
         remote = self.client.stat(volume_path)
         return None if remote is None else remote.to_dict()
 

@@ -418,7 +418,8 @@ def test_if_unmodified_since(api: Api) -> None:
     )
 
 
-def test_if_match(api: Api) -> None:
+def test_if_match(emu: FilesApiEmulator, api: Api) -> None:
+    emu.update_settings(files_api_etag=True)  # the ETag-on reading; the default is in test_emulator_versions
     api.put(f"{VOL}/f.bin", b"content")
     etag = api.head(f"{VOL}/f.bin").headers["ETag"]
     assert api.get(f"{VOL}/f.bin", headers={"If-Match": '"0000"'}).status_code == 412
@@ -440,7 +441,7 @@ def test_head_gives_metadata_without_body(api: Api) -> None:
     assert head.headers["Content-Type"] == "application/octet-stream"
     assert parse_http_date(head.headers["Last-Modified"]) >= int(before)
     get = api.get(f"{VOL}/f.bin")
-    assert head.headers["ETag"] == get.headers["ETag"]
+    assert "ETag" not in head.headers and "ETag" not in get.headers  # the default: no ETag on /fs/files
     assert head.headers["Last-Modified"] == get.headers["Last-Modified"]
 
 
@@ -509,7 +510,11 @@ def test_put_where_a_directory_or_a_file_parent_is_in_the_way_is_409(api: Api) -
     assert api.put(f"{VOL}/file/child", b"x").status_code == 409
 
 
-def test_rewrite_within_the_same_second_changes_last_modified_and_etag(api: Api) -> None:
+def test_rewrite_within_the_same_second_changes_last_modified_and_etag(
+    emu: FilesApiEmulator, api: Api
+) -> None:
+    # the kind readings, opted into; the real one-second Last-Modified is in test_emulator_versions
+    emu.update_settings(last_modified_bump=True, files_api_etag=True)
     path = f"{VOL}/f.bin"
     api.put(path, b"version 1")
     first = api.head(path).headers
@@ -1057,9 +1062,8 @@ def test_create_download_url_then_presigned_get_with_range(api: Api) -> None:
     assert tail.content == data[-10:]
 
     api.put(path, b"changed")
-    stale = api.anon.get(
-        url, headers={"Range": "bytes=10-", "If-Unmodified-Since": whole.headers["Last-Modified"]}
-    )
+    # the storage's ETag tells the versions apart even within one Last-Modified second
+    stale = api.anon.get(url, headers={"Range": "bytes=10-", "If-Match": whole.headers["ETag"]})
     assert stale.status_code == 412
 
 
@@ -1528,7 +1532,10 @@ def test_control_seed_creates_a_volume_and_a_file(emu: FilesApiEmulator, api: Ap
     assert api.uc("GET", "volumes/seeded.sch.vol").status_code == 200
     a = api.get("/Volumes/seeded/sch/vol/dir/a.bin")
     assert len(a.content) == 123_457
-    assert a.headers["ETag"] == created["/Volumes/seeded/sch/vol/dir/a.bin"]["etag"]
+    # the seed reports the object's (storage) ETag, which presigned GETs carry
+    a_url = api.download_url("/Volumes/seeded/sch/vol/dir/a.bin").json()["url"]
+    first_byte = api.anon.get(a_url, headers={"Range": "bytes=0-0"})
+    assert first_byte.headers["ETag"] == created["/Volumes/seeded/sch/vol/dir/a.bin"]["etag"]
     assert api.get(f"{VOL}/b.txt").content == b"exact bytes"
     # the same seed gives the same bytes
     api.control("POST", "seed", {"files": [{"path": f"{VOL}/again.bin", "size": 123_457, "seed": 7}]})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,12 @@ def test_a_lost_complete_answer_over_an_old_same_size_file_is_still_success(
     emu = files_api_emulator
     emu.update_settings(files_api_etag=etags)
     dest = f"{VOL}/replaced.bin"
+    # an old file, stamped a minute ago by the server's clock: without ETags (and with the real 1 s
+    # Last-Modified) one written in the same second as this upload could not be told from ours, and the
+    # client would rightly restart (test_emulator_versions covers that case)
+    emu.update_settings(frozen_clock_s=time.time() - 60)
     emu.seed(files=[{"path": dest, "size": 11 * MiB, "seed": 98}])
+    emu.update_settings(frozen_clock_s=None)
     src = make_file(tmp_path / "src", 11 * MiB, seed=101)
     emu.add_fault(route="files.complete_upload", cut_after_bytes=0, phase="after")
     result = Uploader(client.upload_target(dest), src, up_opts()).run()

@@ -36,6 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="benchmark sink: drop multipart part bodies; completed files are sparse, of the right size",
     )
+    p.add_argument(
+        "--files-api-etag",
+        action="store_true",
+        help="the workspace's own file GET/HEAD send an ETag and honour If-Match (default: neither)",
+    )
+    p.add_argument(
+        "--last-modified-bump",
+        action="store_true",
+        help="push every write into a later Last-Modified second (default: the real 1 s stamp)",
+    )
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     return p
 
@@ -53,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         auto_create_volumes=args.auto_create_volumes,
         data_plane_url=args.data_plane_url,
         discard_part_bodies=args.discard_part_bodies,
+        files_api_etag=args.files_api_etag,
+        last_modified_bump=args.last_modified_bump,
     )
     args.root.mkdir(parents=True, exist_ok=True)
     server = FilesApiServer(args.host, args.port, args.root, settings)

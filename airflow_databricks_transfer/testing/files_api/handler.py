@@ -281,6 +281,12 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         return fault.cut_after_bytes
 
     # ------------------------------------------------------------------ responses
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header from the server's clock (which a test may freeze), like Last-Modified."""
+        if timestamp is None:
+            timestamp = self.server.store.clock_ns() / 1e9
+        return email.utils.formatdate(timestamp, usegmt=True)
+
     def _start(self, status: int, headers: dict[str, str], length: int, reason: str | None = None) -> None:
         self.status = status
         self.send_response(status, reason)
@@ -641,7 +647,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             self._serve_file(meta, f, presigned=False)
 
     def _serve_file(self, meta: FileMeta, f: Any, presigned: bool) -> None:
-        failure = self._precondition_failure(meta)
+        failure = self._precondition_failure(meta, honour_if_match=presigned or self._files_api_etag())
         if failure:
             if presigned:
                 raise presigned_xml(412, "PreconditionFailed", failure)
@@ -697,9 +703,13 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         if fault is not None and fault.phase == "after" and fault.status is not None:
             raise self._fault_error(fault)
 
-    def _precondition_failure(self, meta: FileMeta) -> str | None:
+    def _files_api_etag(self) -> bool:
+        """Whether the workspace's own file GET/HEAD use ETags (presigned storage always does)."""
+        return self.server.settings.files_api_etag
+
+    def _precondition_failure(self, meta: FileMeta, honour_if_match: bool = True) -> str | None:
         if_match = self.headers.get("If-Match")
-        if if_match is not None:
+        if if_match is not None and honour_if_match:
             tags = [t.strip() for t in if_match.split(",")]
             if "*" not in tags and meta.etag not in tags and meta.etag.strip('"') not in tags:
                 return "If-Match precondition failed: the file has changed."

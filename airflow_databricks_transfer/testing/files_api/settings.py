@@ -39,12 +39,21 @@ class EmulatorSettings:
     # Benchmark sink: multipart part bodies are read and dropped, and complete-upload makes a sparse
     # file of the right size (zeros). Only for measuring clients faster than a storing server.
     discard_part_bodies: bool = False
-    # False: the workspace's own HEAD/GET /fs/files answer no ETag (the SDK reads none there; a client
-    # must then pin a download by the ETag its presigned GETs carry, as cloud storage always sends one).
-    files_api_etag: bool = True
+    # False (default, the harder reading: the reference never shows one): the workspace's own HEAD/GET
+    # /fs/files send no ETag and ignore If-Match, as a server without ETags would. A client must pin a
+    # download by the ETag its presigned GETs carry (cloud storage sends one and honours If-Match).
+    # True: they send one and honour If-Match.
+    files_api_etag: bool = False
     # Move request bodies socket -> pipe -> file with splice(2) where the platform has it.
     use_splice: bool = True
     default_catalogs: tuple[str, ...] = field(default=("main",))
+    # (versions) False (default, the real 1 s resolution): a write is stamped with the second it happens,
+    # so a rewrite within one second keeps the Last-Modified, and If-Unmodified-Since cannot see it.
+    # True (kind): every write of a path lands in a later second than the version it replaces.
+    last_modified_bump: bool = False
+    # (versions) Test knob: None = real time; a Unix time = the server's clock stands still there for the
+    # Date header and Last-Modified stamps, so any number of writes fall in one second on demand.
+    frozen_clock_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.tokens:

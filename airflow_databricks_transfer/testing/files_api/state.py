@@ -249,17 +249,25 @@ class Store:
             st = dest.stat()
             return FileMeta(st.st_size, st.st_mtime_ns, etag_of(st))
 
-    @staticmethod
-    def _stamp(tmp: Path, dest: Path) -> None:
-        # Last-Modified has one-second resolution on the wire, so every write of a path must land in a
-        # later second than the version it replaces, or If-Unmodified-Since could not see the change.
-        now = time.time_ns()
+    def _stamp(self, tmp: Path, dest: Path) -> None:
+        now = self.clock_ns()
+        if not self.settings.last_modified_bump:
+            # the real service: Last-Modified is the second of the write, whatever was there before
+            os.utime(tmp, ns=(now, now))
+            return
+        # kind reading: every write of a path lands in a later second than the version it replaces,
+        # so If-Unmodified-Since (one-second resolution) always sees the change
         try:
             old_s = dest.stat().st_mtime_ns // 1_000_000_000
         except FileNotFoundError:
             old_s = -1
         new_ns = now if now // 1_000_000_000 > old_s else (old_s + 1) * 1_000_000_000
         os.utime(tmp, ns=(new_ns, new_ns))
+
+    def clock_ns(self) -> int:
+        """The server's clock for Last-Modified stamps and the Date header (frozen on request)."""
+        frozen = self.settings.frozen_clock_s
+        return time.time_ns() if frozen is None else int(frozen * 1_000_000_000)
 
     def delete_file(self, vp: VolumePath) -> None:
         self.file_meta(vp)
