@@ -36,6 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="benchmark sink: drop multipart part bodies; completed files are sparse, of the right size",
     )
+    p.add_argument(
+        "--clock-offset-s",
+        type=int,
+        default=0,
+        help="server clock = real time + this many seconds (expiry checks, Last-Modified, Date)",
+    )
+    p.add_argument(
+        "--lenient-expire-time",
+        action="store_true",
+        help="accept a missing, non-canonical or past expire_time (default: 400 INVALID_PARAMETER_VALUE)",
+    )
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     return p
 
@@ -53,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         auto_create_volumes=args.auto_create_volumes,
         data_plane_url=args.data_plane_url,
         discard_part_bodies=args.discard_part_bodies,
+        clock_offset_s=args.clock_offset_s,
+        expire_time_strict=not args.lenient_expire_time,
     )
     args.root.mkdir(parents=True, exist_ok=True)
     server = FilesApiServer(args.host, args.port, args.root, settings)
