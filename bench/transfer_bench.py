@@ -530,7 +530,14 @@ def curl_put_variant(ctx: Ctx) -> Variant:
     def run(warmup: bool) -> Sample:
         init = json_call(ctx.emu.port, "POST", f"{FILES_API}{remote}?action=initiate-upload&overwrite=true")
         token = init["multipart_upload"]["session_token"]
-        body = {"path": remote, "session_token": token, "start_part_number": 1, "count": 1}
+        expire = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        body = {
+            "path": remote,
+            "session_token": token,
+            "start_part_number": 1,
+            "count": 1,
+            "expire_time": expire,
+        }
         urls = json_call(ctx.emu.port, "POST", "/api/2.0/fs/create-upload-part-urls", body)
         item = urls["upload_part_urls"][0]
         hdrs = [a for h in item.get("headers") or [] for a in ("-H", f"{h['name']}: {h['value']}")]

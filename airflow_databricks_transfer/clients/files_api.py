@@ -82,17 +82,88 @@ def _date_s(resp: Response) -> int | None:
         return None
 
 
-def _quote(path: str) -> str:
+_MAX_NAME_BYTES = 255
+_MAX_PATH_BYTES = 4096
+
+
+def _quote(path: str, *, file: bool = False) -> str:
+    """Percent-encode a volume path for a URL, refusing up front what the service would refuse.
+
+    Every refusal is an InvalidRequestError that names the problem: the server's answer to a HEAD
+    has no body to explain it, and an old emulator even cut the connection (a retry loop).
+    """
     if not path.startswith("/"):
         raise InvalidRequestError(
             f"Files API paths are absolute, like /Volumes/catalog/schema/volume/...: {path!r}"
         )
+    if file and path.endswith("/"):
+        raise InvalidRequestError(f"A file path may not end with '/': {path!r}")
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError(
+            f"The path is not valid Unicode (it cannot be UTF-8 encoded): {path!r}"
+        ) from None
+    if len(encoded) > _MAX_PATH_BYTES:
+        raise InvalidRequestError(
+            f"The path is {len(encoded)} bytes long in UTF-8; the Files API allows {_MAX_PATH_BYTES}: "
+            f"{path[:80]!r}..."
+        )
+    for name in path.split("/"):
+        size = len(name.encode("utf-8"))
+        if size > _MAX_NAME_BYTES:
+            raise InvalidRequestError(
+                f"The name {name[:40]!r}... is {size} bytes long in UTF-8; the Files API allows "
+                f"{_MAX_NAME_BYTES} bytes per name (path {path[:80]!r})"
+            )
     return quote(path)
 
 
-def _expire_time(ttl_s: float) -> tuple[str, float]:
-    expires = time.time() + ttl_s
-    return datetime.fromtimestamp(expires, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), expires
+class ServerClock:
+    """The workspace's clock, estimated from the ``Date`` headers of its answers.
+
+    Presigned URLs expire on the server's clock and Last-Modified is stamped on it, so expire_time
+    and the "written after this upload started" comparisons must use it, not the worker's clock
+    (edge_cases.md item 7). A ``Date`` of second D, answering a request sent at local time s and
+    received at r, bounds the skew (server minus local) to [D - r, D + 1 - s]. When 0 lies in that
+    interval the local clock is as good as the header can tell and is used as is; otherwise the lower
+    bound is used (at most about a second plus the round trip low): an early "since" can only make
+    an upload's own file look like its own, and a provenance check also compares the prior version.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._skew_s: float | None = None
+
+    @property
+    def known(self) -> bool:
+        with self._lock:
+            return self._skew_s is not None
+
+    @property
+    def skew_s(self) -> float:
+        with self._lock:
+            return self._skew_s or 0.0
+
+    def observe(self, date: str | None, sent_at: float, received_at: float) -> None:
+        if not date:
+            return
+        try:
+            server_s = email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError, IndexError):
+            return
+        low, high = server_s - received_at, server_s + 1 - sent_at
+        with self._lock:
+            self._skew_s = 0.0 if low <= 0 <= high else low
+
+    def now(self) -> float:
+        return time.time() + self.skew_s
+
+    def expire_time(self, ttl_s: float) -> tuple[str, float]:
+        """``expire_time`` for a URL living ``ttl_s`` on the server's clock, and its local expiry."""
+        local = time.time()
+        server = datetime.fromtimestamp(local + self.skew_s + ttl_s, tz=timezone.utc)
+        return server.strftime("%Y-%m-%dT%H:%M:%SZ"), local + ttl_s
 
 
 def _retry_after(headers: Mapping[str, str] | Any) -> float | None:
@@ -264,6 +335,7 @@ class FilesApiClient:
         self.use_presigned = use_presigned
         self.url_ttl_s = url_ttl_s
         self.host = workspace.config.host.rstrip("/")
+        self.clock = ServerClock()
 
     # ------------------------------------------------------------------ plumbing
     def control(
@@ -289,12 +361,17 @@ class FilesApiClient:
             headers["Content-Type"] = "application/json"
         answers: list[requests.Response] = []
         config = self.workspace.config
+        sent_at = time.time()
 
         def auth(r: requests.PreparedRequest) -> requests.PreparedRequest:
             # what the SDK's session auth does (config.authenticate()), plus a hook that sees the answer
             r.headers.update(config.authenticate())
-            r.register_hook("response", lambda resp, *args, **kwargs: answers.append(resp))  # type: ignore[no-untyped-call]
+            r.register_hook("response", lambda resp, *args, **kwargs: on_answer(resp))  # type: ignore[no-untyped-call]
             return r
+
+        def on_answer(resp: requests.Response) -> None:
+            answers.append(resp)
+            self.clock.observe(resp.headers.get("Date"), sent_at, time.time())
 
         try:
             once = _sdk_single_attempt(self.workspace)
@@ -340,7 +417,8 @@ class FilesApiClient:
         cancel: threading.Event | None = None,
         pace: Pace | None = None,
     ) -> Response:
-        return self.http.request(
+        sent_at = time.time()
+        resp = self.http.request(
             method,
             f"{self.host}{path}",
             {**self.auth_headers(), **(headers or {})},
@@ -349,6 +427,26 @@ class FilesApiClient:
             cancel=cancel,
             pace=pace,
         )
+        # a long body upload makes the bounds loose, never wrong: the answer was made after sent_at
+        self.clock.observe(resp.headers.get("Date"), sent_at, time.time())
+        return resp
+
+    def with_expire_time(self, call: Callable[[str], T]) -> tuple[T, float]:
+        """Run a URL-minting call with an expire_time on the server's clock; (answer, local expiry).
+
+        Before any answer of the workspace was seen the skew is unknown: if that first call is refused
+        as invalid, its own Date may show a skewed clock, and one more try with the corrected time
+        tells a bad clock from a bad request.
+        """
+        known = self.clock.known
+        expire, expires_at = self.clock.expire_time(self.url_ttl_s)
+        try:
+            return call(expire), expires_at
+        except InvalidRequestError:
+            if known or not self.clock.known:
+                raise
+        expire, expires_at = self.clock.expire_time(self.url_ttl_s)
+        return call(expire), expires_at
 
     # ------------------------------------------------------------------ metadata and directories
     def _retrying(self, fn: Callable[[], T], what: str) -> T:
@@ -368,13 +466,18 @@ class FilesApiClient:
     def stat_dated(self, path: str) -> tuple[RemoteVersion | None, int | None]:
         """One HEAD: the file's version (None if missing) and the server's clock (``Date``, whole
         seconds) when it answered, which tells whether a Last-Modified second is already over."""
+        if path.endswith("/"):
+            _quote(path)
+            return None, None  # a file path never ends with '/' (the server refuses it): no file is there
         resp = self.workspace_request("HEAD", f"{FILES}{_quote(path)}")
         resp.read()
         date_s = _date_s(resp)
         if resp.status == 404:
             return None, date_s
         if resp.status >= 300:
-            raise http_error(resp.status, b"", resp.headers, f"HEAD {path}")
+            # a HEAD answer has no body to say why: say at least that the path itself may be the cause
+            hint = " (the Files API refused this path)" if resp.status == 400 else ""
+            raise http_error(resp.status, b"", resp.headers, f"HEAD {path}{hint}")
         version = RemoteVersion(
             int(resp.headers.get("Content-Length", "0")),
             resp.headers.get("ETag"),
@@ -445,11 +548,11 @@ class FilesApiClient:
         self._delete(f"{DIRS}{_quote(path)}", f"delete directory {path}")
 
     def upload_target(self, path: str) -> FilesApiUploadTarget:
-        _quote(path)
+        _quote(path, file=True)
         return FilesApiUploadTarget(self, path)
 
     def download_source(self, path: str) -> FilesApiDownloadSource:
-        _quote(path)
+        _quote(path, file=True)
         return FilesApiDownloadSource(self, path)
 
 
@@ -457,11 +560,15 @@ class FilesApiUploadTarget:
     def __init__(self, client: FilesApiClient, path: str) -> None:
         self.client = client
         self._path = path
-        self._q = _quote(path)
+        self._q = _quote(path, file=True)
 
     @property
     def destination(self) -> str:
         return self._path
+
+    def server_time(self, local: float | None = None) -> float:
+        """The workspace's clock at local time ``local`` (default now); its Last-Modified uses it."""
+        return (time.time() if local is None else local) + self.client.clock.skew_s
 
     def stat(self) -> RemoteVersion | None:
         return self.client.stat_once(self._path)
@@ -505,20 +612,22 @@ class FilesApiUploadTarget:
         raise MultipartUnavailableError(f"initiate-upload of {self._path} gave no upload session")
 
     def part_urls(self, token: str, first: int, count: int) -> dict[int, PresignedUrl]:
-        expire, expires_at = _expire_time(self.client.url_ttl_s)
-        answer = self.client.control(
-            "POST",
-            "/api/2.0/fs/create-upload-part-urls",
-            body={
-                "path": self._path,
-                "session_token": token,
-                "start_part_number": first,
-                "count": count,
-                "expire_time": expire,
-            },
-            what=f"part URLs for {self._path}",
-            session_call=True,
-        )
+        def mint(expire: str) -> Any:
+            return self.client.control(
+                "POST",
+                "/api/2.0/fs/create-upload-part-urls",
+                body={
+                    "path": self._path,
+                    "session_token": token,
+                    "start_part_number": first,
+                    "count": count,
+                    "expire_time": expire,
+                },
+                what=f"part URLs for {self._path}",
+                session_call=True,
+            )
+
+        answer, expires_at = self.client.with_expire_time(mint)
         urls = {}
         for item in answer.get("upload_part_urls", []):
             headers = tuple((h["name"], h["value"]) for h in item.get("headers") or [])
@@ -633,7 +742,7 @@ class FilesApiDownloadSource:
     def __init__(self, client: FilesApiClient, path: str) -> None:
         self.client = client
         self._path = path
-        self._q = _quote(path)
+        self._q = _quote(path, file=True)
         self._url: PresignedUrl | None = None
         self._direct = not client.use_presigned
         self._pin: str | None = None  # "<presigned|direct> <ETag>" of the first ranged response
@@ -713,13 +822,14 @@ class FilesApiDownloadSource:
             if self._direct:
                 return None
             if self._url is None or self._url.expires_at - time.time() < 60:
-                expire, expires_at = _expire_time(self.client.url_ttl_s)
                 try:
-                    answer = self.client.control(
-                        "POST",
-                        "/api/2.0/fs/create-download-url",
-                        query={"path": self._path, "expire_time": expire},
-                        what=f"download URL for {self._path}",
+                    answer, expires_at = self.client.with_expire_time(
+                        lambda expire: self.client.control(
+                            "POST",
+                            "/api/2.0/fs/create-download-url",
+                            query={"path": self._path, "expire_time": expire},
+                            what=f"download URL for {self._path}",
+                        )
                     )
                 except (MultipartUnavailableError, AuthError, InvalidRequestError) as err:
                     log.info("presigned download URLs unavailable (%s); reading through the Files API", err)

@@ -40,6 +40,10 @@ class UploadTarget(Protocol):
     def stat(self) -> RemoteVersion | None:
         """The current remote object, or None when there is none."""
 
+    def server_time(self, local: float | None = None) -> float:
+        """The store's clock at local time ``local`` (default now): it stamps the Last-Modified that
+        provenance checks compare with, and the worker's clock may be skewed against it."""
+
     def put_single(
         self,
         source_path: str,

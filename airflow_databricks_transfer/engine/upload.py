@@ -430,7 +430,8 @@ class Uploader:
         """Is the object at the destination provably one this upload wrote? (answer, reason)
 
         Provable means: it has the source's size, it is not the version seen before (``before``), and
-        its Last-Modified is not older than ``since``. Last-Modified has one-second resolution, so it
+        its Last-Modified is not older than ``since`` (a time on the store's clock, see
+        ``UploadTarget.server_time``). Last-Modified has one-second resolution, so it
         is compared with the second ``since`` fell in; that is sound because ``since`` was taken before
         the stat that produced ``before``, so anything written before ``since`` is ``before`` itself.
         No Last-Modified, or no way to tell the versions apart, is not proof.
@@ -451,7 +452,7 @@ class Uploader:
 
     def _discard_torn(self, size: int, since: float, err: SourceChangedError) -> None:
         """The source changed while a committing request read it: never leave that object exposed."""
-        ours, why = self._ours(size, since)
+        ours, why = self._ours(size, self.target.server_time(since))
         if not ours:
             log.error(
                 "%s: %s; not deleting the destination (%s): check what is there before using it",
@@ -509,7 +510,7 @@ class Uploader:
             # lost finds the file the first attempt committed
             if attempts < 2:
                 raise
-            ours, why = self._ours(size, min(first_sent_at, checked_at))
+            ours, why = self._ours(size, self.target.server_time(min(first_sent_at, checked_at)))
             if not ours:
                 raise
             log.info(
@@ -573,7 +574,9 @@ class Uploader:
                 session.token,
                 protocol=session.protocol,
                 pre_upload=pre_upload,
-                session_started_at=session_started_at,
+                # on the store's clock, which stamps the Last-Modified it is compared with (initiate
+                # and the stat answered by now, so the store's clock is known)
+                session_started_at=self.target.server_time(session_started_at),
             )
             self.sink.save(cp, frozenset(range(cp.segment_count)))  # a kill right now can still resume
         else:

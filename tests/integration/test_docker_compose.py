@@ -110,6 +110,7 @@ def test_the_emulator_command_of_the_compose_file_runs(tmp_path: Path) -> None:
                 "count": 1,
                 "start_part_number": 1,
                 "session_token": up["multipart_upload"]["session_token"],
+                "expire_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600)),
             },
         ).json()
         assert urls["upload_part_urls"][0]["url"].startswith("http://files-api-emulator:8765/_presigned/")

@@ -64,6 +64,15 @@ def parse_http_date(value: str) -> float:
     return email.utils.parsedate_to_datetime(value).timestamp()
 
 
+OMIT = "<omit>"  # an expire_time argument that leaves the field out
+
+
+def expire_in(seconds: float = 3600, now: float | None = None) -> str:
+    """An expire_time the way the SDK writes it: RFC 3339 UTC, whole seconds, ``Z``."""
+    ts = (time.time() if now is None else now) + seconds
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
 def error_code(resp: requests.Response) -> str:
     code: str = resp.json()["error_code"]
     return code
@@ -152,8 +161,8 @@ class Api:
             "start_part_number": start,
             "count": count,
         }
-        if expire_time is not None:
-            body["expire_time"] = expire_time
+        if expire_time != OMIT:
+            body["expire_time"] = expire_time or expire_in()
         return self.http.post(f"{self.base}/api/2.0/fs/create-upload-part-urls", json=body)
 
     def part_urls(
@@ -189,8 +198,11 @@ class Api:
             etags.append((number, resp.headers["ETag"]))
         return etags
 
-    def download_url(self, path: str) -> requests.Response:
-        return self.http.post(f"{self.base}/api/2.0/fs/create-download-url", params={"path": path})
+    def download_url(self, path: str, expire_time: str | None = None) -> requests.Response:
+        params = {"path": path}
+        if expire_time != OMIT:
+            params["expire_time"] = expire_time or expire_in()
+        return self.http.post(f"{self.base}/api/2.0/fs/create-download-url", params=params)
 
     # unity catalog
     def uc(self, method: str, rest: str, body: Any = None, **params: str) -> requests.Response:
@@ -210,6 +222,21 @@ def raw_request(
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
         conn.close()
+
+
+def serve_storage_proxy(emu: FilesApiEmulator) -> None:
+    """Advertise FILES_API 2.0 multipart on the emulator's own host: storage-proxy part PUTs are served."""
+    emu.update_settings(
+        endpoints=[
+            {
+                "api": "FILES_API",
+                "api_version": "2.0",
+                "scheme": "http",
+                "hostname": f"127.0.0.1:{emu.port}",
+                "multipart_upload_supported": True,
+            }
+        ]
+    )
 
 
 def tamper(url: str, **changes: str) -> str:
@@ -710,7 +737,8 @@ def test_complete_with_a_part_never_uploaded_is_400(api: Api) -> None:
 
 
 @pytest.mark.parametrize("number", [0, 10001, -1])
-def test_part_number_out_of_range_is_400(api: Api, number: int) -> None:
+def test_part_number_out_of_range_is_400(emu: FilesApiEmulator, api: Api, number: int) -> None:
+    serve_storage_proxy(emu)
     path = f"{VOL}/f.bin"
     token = api.initiate(path)
     assert api.part_urls_resp(path, token, number, 1).status_code == 400
@@ -841,14 +869,16 @@ def test_tampered_presigned_url_is_403_signature_does_not_match(
         ("GCP", ["<Code>ExpiredToken</Code>"]),
     ],
 )
-def test_url_minted_with_a_past_expire_time_is_403_expired(
+def test_url_expired_on_the_server_clock_is_403_expired(
     emu: FilesApiEmulator, api: Api, cloud: str, markers: list[str]
 ) -> None:
     emu.update_settings(cloud=cloud)
     path = f"{VOL}/f.bin"
     token = api.initiate(path)
-    url = api.part_urls(path, token, 1, 1, expire_time="2020-01-01T00:00:00Z")[0]["url"]
+    url = api.part_urls(path, token, 1, 1, expire_time=expire_in(60))[0]["url"]
+    emu.update_settings(clock_offset_s=120)  # the server's clock passes the URL's expiry
     resp = api.put_part(url, b"data")
+    emu.update_settings(clock_offset_s=0)
     assert resp.status_code == 403
     for marker in markers:
         assert marker in resp.text
@@ -870,6 +900,7 @@ def test_upload_session_expires(emu: FilesApiEmulator, api: Api) -> None:
     url = api.part_url(path, token, 1)
     expires_at = emu.sessions()[0]["expires_at"]
     time.sleep(max(0.0, expires_at - time.time()) + 0.1)
+    serve_storage_proxy(emu)  # so the proxy PUT below meets the lost session, not a missing endpoint
 
     part = api.put_part(url, b"too late")
     assert part.status_code == 404
@@ -914,6 +945,7 @@ def test_sessions_survive_an_emulator_restart(tmp_path: Path) -> None:
 
 
 def test_storage_proxy_part_put_then_complete(emu: FilesApiEmulator, api: Api) -> None:
+    serve_storage_proxy(emu)
     path = f"{VOL}/proxy.bin"
     chunks = [payload(MIN_PART, 5), payload(999, 6)]
     token = api.initiate(path)

@@ -40,6 +40,7 @@ from airflow_databricks_transfer.engine.progress import ProgressEvent
 from airflow_databricks_transfer.engine.retry import Cancelled, RetryPolicy
 from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
+from airflow_databricks_transfer.testing.files_api.state import parse_volume_path
 from tests.integration.conftest import REPO, MiB, make_file, sha256_file
 
 pytestmark = pytest.mark.integration
@@ -749,3 +750,80 @@ def test_an_exception_in_the_main_thread_stops_workers_and_keeps_the_checkpoint(
     result = Uploader(client.upload_target(dest), src, up_opts(), sink=sink).run(sink.latest)
     assert result.parts_resumed >= 1
     assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
+
+
+# ---------------------------------------------------------------- a worker clock skewed against the server's
+
+# server clock = real time + offset: +2 h puts the worker's clock 2 h behind the server's, -2 h ahead of it
+SKEWS = [pytest.param(2 * 3600, id="server-2h-ahead"), pytest.param(-2 * 3600, id="server-2h-behind")]
+
+
+@pytest.mark.parametrize("offset", SKEWS)
+def test_multipart_upload_with_a_skewed_clock_and_a_lost_complete_answer(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path, offset: int
+) -> None:
+    """expire_time must be in the future on the server's clock (server ahead: a local "now + 1 h" is
+    past there), and a lost complete answer is recognised by a Last-Modified stamped on the server's
+    clock (server behind: it is older than the worker's local start time)."""
+    emu = files_api_emulator
+    emu.update_settings(clock_offset_s=offset)
+    src = make_file(tmp_path / "src", 11 * MiB, seed=40)
+    dest = f"{VOL}/skewed.bin"
+    emu.add_fault(route="files.complete_upload", cut_after_bytes=0, phase="after")
+    result = Uploader(client.upload_target(dest), src, up_opts()).run()
+    assert sha256_file(emu.local_path(dest)) == sha256_file(src)
+    assert result.restarted_reason is None
+    assert len(emu.requests("files.initiate_upload")) == 1  # recognised, not uploaded again
+    assert all(r.status == 200 for r in emu.requests("fs.create_upload_part_urls"))
+
+
+@pytest.mark.parametrize("offset", SKEWS)
+def test_single_shot_lost_answer_with_a_skewed_clock_is_recognised(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path, offset: int
+) -> None:
+    emu = files_api_emulator
+    emu.update_settings(clock_offset_s=offset)
+    dest = f"{VOL}/mine.bin"
+    src = make_file(tmp_path / "src", 2 * MiB, seed=41)
+    emu.add_fault(route="files.put", cut_after_bytes=0, phase="after")  # stored, answer lost
+    result = Uploader(client.upload_target(dest), src, UploadOptions(overwrite=False, retry=FAST_RETRY)).run()
+    assert result.mode == "single"
+    assert sha256_file(emu.local_path(dest)) == sha256_file(src)
+    assert [r.status for r in emu.requests("files.put")][-1] == 409  # the retry found our own file
+
+
+@pytest.mark.parametrize("offset", SKEWS)
+def test_presigned_download_with_a_skewed_clock_stays_presigned(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path, offset: int
+) -> None:
+    """A refused create-download-url would silently move the download to the workspace's own GET."""
+    emu = files_api_emulator
+    path = f"{VOL}/skewed-down.bin"
+    src = make_file(tmp_path / "src", 5 * MiB, seed=42)
+    emu.local_path(path).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, emu.local_path(path))
+    emu.update_settings(clock_offset_s=offset)
+    out = tmp_path / "out.bin"
+    Downloader(client.download_source(path), out, down_opts()).run()
+    assert sha256_file(out) == sha256_file(src)
+    assert [r.status for r in emu.requests("fs.create_download_url")] == [200]
+    assert emu.requests("files.get") == []
+    assert {r.status for r in emu.requests("presigned.download")} == {206}
+
+
+def test_the_first_url_call_of_a_fresh_client_corrects_a_skewed_clock(
+    files_api_emulator: FilesApiEmulator,
+) -> None:
+    """No answer seen yet, so no skew known: the refused first call's own Date fixes the retry."""
+    emu = files_api_emulator
+    emu.update_settings(clock_offset_s=2 * 3600)
+    c = FilesApiClient(workspace(emu))
+    try:
+        urls = c.upload_target(f"{VOL}/x.bin").part_urls(
+            emu.server.store.create_session(parse_volume_path(f"{VOL}/x.bin"), True, "multipart").token, 1, 1
+        )
+    finally:
+        c.http.close()
+    assert list(urls) == [1]
+    assert [r.status for r in emu.requests("fs.create_upload_part_urls")] == [400, 200]
+    assert c.clock.skew_s > 3600

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from airflow_databricks_transfer.engine.download import DownloadOptions
-from airflow_databricks_transfer.engine.errors import AuthError, RemoteNotFoundError
+from airflow_databricks_transfer.engine.errors import AuthError, InvalidRequestError, RemoteNotFoundError
 from airflow_databricks_transfer.engine.upload import UploadOptions
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
@@ -126,3 +126,42 @@ def test_the_connections_http_timeout_bounds_a_silent_data_transfer(
     result = DatabricksFilesHook("dbx_short").download_file(path, str(out))
     assert result.retries == 1
     assert sha256_file(out) == sha256_file(files_api_emulator.local_path(path))
+
+
+# ---------------------------------------------------------------- paths the Files API refuses
+
+BAD_FILE_PATHS = [
+    pytest.param(f"{VOL}/{'n' * 300}.bin", "allows 255 bytes per name", id="300-byte-name"),
+    pytest.param(f"{VOL}/{chr(0xE9) * 128}", "allows 255 bytes per name", id="256-byte-utf8-name"),
+    pytest.param(f"{VOL}/{'/'.join(['d' * 250] * 17)}/f.bin", "allows 4096", id="4k-path"),
+    pytest.param(f"{VOL}/dir/", "may not end with '/'", id="trailing-slash"),
+    pytest.param(f"{VOL}/bad\udcff.bin", "not valid Unicode", id="lone-surrogate"),
+]
+
+
+@pytest.mark.parametrize(("path", "why"), BAD_FILE_PATHS)
+def test_a_path_the_files_api_refuses_is_a_clear_error_without_a_request(
+    hook: DatabricksFilesHook, files_api_emulator: FilesApiEmulator, tmp_path: Path, path: str, why: str
+) -> None:
+    """Named before any request: the server's refusal of a HEAD has no body to explain it, and an
+    emulator that cut the connection on a long name once turned this into a retry loop."""
+    src = make_file(tmp_path / "src.bin", 1024, seed=3)
+    with pytest.raises(InvalidRequestError, match=why):
+        hook.upload_file(str(src), path)
+    with pytest.raises(InvalidRequestError, match=why):
+        hook.download_file(path, str(tmp_path / "out.bin"))
+    # refused locally: no Files API request was sent, so none was retried (the SDK's bootstrap aside)
+    assert [r.route for r in files_api_emulator.requests() if r.route != "well_known"] == []
+
+
+def test_a_directory_path_with_a_trailing_slash_still_works(
+    hook: DatabricksFilesHook, files_api_emulator: FilesApiEmulator
+) -> None:
+    """The server refuses a file path ending in '/': such a path can only name a directory."""
+    hook.create_directory(f"{VOL}/slash/inner/")
+    assert hook.exists(f"{VOL}/slash/")
+    assert hook.get_metadata(f"{VOL}/slash/") is None
+    assert [e.name for e in hook.list_directory(f"{VOL}/slash/")] == ["inner"]
+    hook.delete(f"{VOL}/slash/", recursive=True)
+    assert not hook.exists(f"{VOL}/slash/")
+    assert all(r.status != 400 for r in files_api_emulator.requests())

@@ -46,6 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="push every write into a later Last-Modified second (default: the real 1 s stamp)",
     )
+    p.add_argument(
+        "--clock-offset-s",
+        type=int,
+        default=0,
+        help="server clock = real time + this many seconds (expiry checks, Last-Modified, Date)",
+    )
+    p.add_argument(
+        "--lenient-expire-time",
+        action="store_true",
+        help="accept a missing, non-canonical or past expire_time (default: 400 INVALID_PARAMETER_VALUE)",
+    )
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     return p
 
@@ -65,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         discard_part_bodies=args.discard_part_bodies,
         files_api_etag=args.files_api_etag,
         last_modified_bump=args.last_modified_bump,
+        clock_offset_s=args.clock_offset_s,
+        expire_time_strict=not args.lenient_expire_time,
     )
     args.root.mkdir(parents=True, exist_ok=True)
     server = FilesApiServer(args.host, args.port, args.root, settings)

@@ -7,7 +7,9 @@ platform has them), so memory stays flat whatever the size of the upload or down
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import email.utils
+import errno
 import fcntl
 import io
 import json
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, unquote_to_bytes, urlsplit
 
 from airflow_databricks_transfer.testing.faults import FaultRule, RequestInfo
 from airflow_databricks_transfer.testing.files_api.errors import (
@@ -35,6 +37,7 @@ from airflow_databricks_transfer.testing.files_api.errors import (
     presigned_xml,
 )
 from airflow_databricks_transfer.testing.files_api.requestlog import LoggedRequest
+from airflow_databricks_transfer.testing.files_api.settings import EmulatorSettings
 from airflow_databricks_transfer.testing.files_api.state import FileMeta, VolumePath, parse_volume_path
 
 if TYPE_CHECKING:
@@ -101,20 +104,51 @@ def _parse_bool(value: str | None, name: str) -> bool | None:
     raise bad_request(f"{name} must be true or false")
 
 
-def _parse_expire_time(value: Any, max_ttl_s: float) -> int:
-    now = time.time()
+_EXPIRE_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+
+
+def _parse_expire_time(value: Any, settings: EmulatorSettings, now: float) -> int:
+    """Read a request's expire_time on the server's clock ``now``.
+
+    Strict (the default): present, RFC 3339 UTC with second precision and a ``Z`` (what the reference
+    and the SDK show) and in the future; anything else is the client's mistake, answered 400 rather
+    than minting a URL that is dead on arrival (the SDK would then burn its expiry refreshes on it).
+    """
+    strict = settings.expire_time_strict
     if value is None:
+        if strict:
+            raise bad_request("expire_time is required")
         return int(now + 3600)
     if not isinstance(value, str):
         raise bad_request("expire_time must be an RFC 3339 timestamp string")
+    if strict and not _EXPIRE_TIME_RE.match(value):
+        raise bad_request(f"expire_time must look like YYYY-MM-DDTHH:MM:SSZ (UTC): {value!r}")
     try:
         ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise bad_request(f"expire_time is not an RFC 3339 timestamp: {value!r}") from None
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=timezone.utc)
+    if strict and ts.timestamp() <= now:
+        raise bad_request(f"expire_time {value} is not in the future")
     # signatures carry whole seconds: round the cap up so a short lifetime is never born expired
-    return math.ceil(min(ts.timestamp(), now + max_ttl_s))
+    return math.ceil(min(ts.timestamp(), now + settings.max_url_ttl_s))
+
+
+def _decode_request_path(raw: str) -> str:
+    """Percent-decode a Files API path strictly: no encoded separator, valid UTF-8 only.
+
+    ``unquote`` would turn ``%2F`` into a separator (``a%2Fb`` names a file ``b`` in folder ``a``) and
+    invalid UTF-8 into U+FFFD (two different byte names aliasing one file); a server that stores names
+    as UTF-8 strings refuses both.
+    """
+    if re.search(r"%2[fF]", raw):
+        raise bad_request("A path component may not contain an encoded '/' (%2F).")
+    try:
+        # http.server decoded the request line as ISO-8859-1: these are the bytes that came in
+        return unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise bad_request("The path is not valid UTF-8 after percent-decoding.") from None
 
 
 class FilesApiHandler(BaseHTTPRequestHandler):
@@ -133,6 +167,40 @@ class FilesApiHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def _now(self) -> float:
+        """The server's clock: the store's (real time, or frozen by a test) plus the configured skew."""
+        return self.server.store.clock_ns() / 1e9 + self.server.settings.clock_offset_s
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header, on the server's (possibly skewed or frozen) clock, like Last-Modified."""
+        return email.utils.formatdate(self._now() if timestamp is None else timestamp, usegmt=True)
+
+    def _on_server_clock(self, meta: FileMeta) -> FileMeta:
+        """A file's metadata with its stamp moved onto the server's clock (files are stamped in real time)."""
+        offset = self.server.settings.clock_offset_s
+        return dataclasses.replace(meta, mtime_ns=meta.mtime_ns + offset * 1_000_000_000) if offset else meta
+
+    def _require_proxy_endpoint(self) -> None:
+        """A storage-proxy part PUT is served only where /fs/endpoints advertises it on this host.
+
+        A workspace without that endpoint has no such flow: its Files API takes the extra query
+        parameters as invalid for a file PUT (400 INVALID_PARAMETER_VALUE, as for a bad ``overwrite``),
+        which the SDK treats as "walk to the next endpoint" before commit, and never stores the bytes.
+        """
+        host = (self.headers.get("Host") or "").lower()
+        for ep in self.server.settings.endpoints or ():
+            if (
+                ep.get("api") == "FILES_API"
+                and ep.get("api_version") == "2.0"
+                and ep.get("multipart_upload_supported") is True
+                and str(ep.get("hostname", "")).lower() == host
+            ):
+                return
+        raise bad_request(
+            "upload_type=multipart part uploads are not supported on this host "
+            "(GET /api/2.0/fs/endpoints lists no FILES_API 2.0 endpoint with multipart here)."
+        )
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -188,6 +256,8 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError, OSError) as err:
             if isinstance(err, OSError) and err.errno == 28:  # ENOSPC
                 self._send_api_error(ApiError(507, "RESOURCE_EXHAUSTED", "Emulator storage is full."))
+            elif isinstance(err, OSError) and err.errno == errno.ENAMETOOLONG:  # the emulator's root + path
+                self._send_api_error(bad_request("The path is too long."))
             else:
                 self._drop()
         except Exception as err:
@@ -281,12 +351,6 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         return fault.cut_after_bytes
 
     # ------------------------------------------------------------------ responses
-    def date_time_string(self, timestamp: float | None = None) -> str:
-        """The Date header from the server's clock (which a test may freeze), like Last-Modified."""
-        if timestamp is None:
-            timestamp = self.server.store.clock_ns() / 1e9
-        return email.utils.formatdate(timestamp, usegmt=True)
-
     def _start(self, status: int, headers: dict[str, str], length: int, reason: str | None = None) -> None:
         self.status = status
         self.send_response(status, reason)
@@ -512,11 +576,14 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             return self._well_known
         self._authenticate()
         if p.startswith(FILES_PREFIX + "/"):
-            self.vpath = unquote(p[len(FILES_PREFIX) :])
+            self.vpath = _decode_request_path(p[len(FILES_PREFIX) :])
             self.vpath = "/" + self.vpath.lstrip("/")
+            if self.vpath.endswith("/"):
+                self.route = f"files.{m.lower()}"
+                raise bad_request(f"A file path may not end with '/': {self.vpath!r}")
             return self._files_route()
         if p.startswith(DIRS_PREFIX + "/"):
-            self.vpath = "/" + unquote(p[len(DIRS_PREFIX) :]).lstrip("/")
+            self.vpath = "/" + _decode_request_path(p[len(DIRS_PREFIX) :]).lstrip("/")
             routes = {
                 "PUT": self._dir_create,
                 "HEAD": self._dir_head,
@@ -647,6 +714,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             self._serve_file(meta, f, presigned=False)
 
     def _serve_file(self, meta: FileMeta, f: Any, presigned: bool) -> None:
+        meta = self._on_server_clock(meta)
         failure = self._precondition_failure(meta, honour_if_match=presigned or self._files_api_etag())
         if failure:
             if presigned:
@@ -790,7 +858,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         self.server.store.check_part_number(start)
         if count < 1:
             raise bad_request("count must be >= 1")
-        expires = _parse_expire_time(body.get("expire_time"), settings.max_url_ttl_s)
+        expires = _parse_expire_time(body.get("expire_time"), settings, self._now())
         last = min(start + count - 1, settings.max_parts)
         urls = [
             {
@@ -810,16 +878,24 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         settings = self.server.settings
         if not settings.presigned_enabled:
             raise self._presigned_disabled()
-        path = self.query.get("path")
+        path = self._strict_query_value("path")
         if not path:
             raise bad_request("path is required")
         self.vpath = path
         vp = parse_volume_path(path)
         self.server.store.file_meta(vp)
-        expires = _parse_expire_time(self.query.get("expire_time"), settings.max_url_ttl_s)
+        expires = _parse_expire_time(self.query.get("expire_time"), settings, self._now())
         url = self.server.signer.url(self.server.data_plane_url, "download", {"p": vp.normalized}, expires)
         self._after_state_change()
         self._send_json(200, {"url": url, "headers": []})
+
+    def _strict_query_value(self, name: str) -> str | None:
+        """A query value decoded without replacing invalid UTF-8 (which would alias another name)."""
+        try:
+            pairs = parse_qsl(urlsplit(self.path).query, keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            raise bad_request(f"{name} is not valid UTF-8 after percent-decoding.") from None
+        return dict(pairs).get(name)
 
     def _create_resumable_upload_url(self) -> None:
         body = self._read_json()
@@ -832,7 +908,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         self.vpath = session.path
         if session.kind != "resumable":
             raise bad_request("This session is not a resumable upload.")
-        expires = int(time.time() + self.server.settings.session_ttl_s)
+        expires = int(self._now() + self.server.settings.session_ttl_s)
         url = self.server.signer.url(self.server.data_plane_url, "resumable", {"t": session.token}, expires)
         self._after_state_change()
         self._send_json(200, {"resumable_upload_url": {"url": url, "headers": []}})
@@ -844,7 +920,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
                 raise bad_request(f"{key} is required")
         session = self.server.store.session(str(body["session_token"]), str(body["path"]))
         self.vpath = session.path
-        expires = _parse_expire_time(body.get("expire_time"), self.server.settings.max_url_ttl_s)
+        expires = _parse_expire_time(body.get("expire_time"), self.server.settings, self._now())
         url = self.server.signer.url(self.server.data_plane_url, "abort", {"t": session.token}, expires)
         self._after_state_change()
         self._send_json(200, {"abort_upload_url": {"url": url, "headers": []}})
@@ -882,6 +958,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
 
     def _proxy_part_put(self) -> None:
         assert self.part_number is not None
+        self._require_proxy_endpoint()
         session = self.server.store.session(self.query["session_token"], self.vpath)
         self.vpath = session.path
         etag = self._store_part(session.token, self.part_number)
@@ -898,7 +975,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         self.route = f"presigned.{op}"
         if "Authorization" in self.headers:
             raise presigned_xml(400, "InvalidArgument", "Only one auth mechanism allowed")
-        fields = self.server.signer.verify(op, self.query, self.server.settings.cloud)
+        fields = self.server.signer.verify(op, self.query, self.server.settings.cloud, now=self._now())
         store = self.server.store
         if op == "download":
             self.vpath = fields["p"]
@@ -1018,7 +1095,14 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         result = self.server.store.list_directory(
             vp, int(page_size) if page_size and page_size.isdigit() else None, self.query.get("page_token")
         )
+        self._listing_on_server_clock(result)
         self._send_json(200, result)
+
+    def _listing_on_server_clock(self, result: dict[str, Any]) -> None:
+        offset_ms = self.server.settings.clock_offset_s * 1000
+        for entry in result.get("contents", []) if offset_ms else []:
+            if "last_modified" in entry:
+                entry["last_modified"] += offset_ms
 
     def _dir_delete(self) -> None:
         self.server.store.delete_directory(self._vp())

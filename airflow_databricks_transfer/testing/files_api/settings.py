@@ -54,6 +54,17 @@ class EmulatorSettings:
     # (versions) Test knob: None = real time; a Unix time = the server's clock stands still there for the
     # Date header and Last-Modified stamps, so any number of writes fall in one second on demand.
     frozen_clock_s: float | None = None
+    # --- clock and expire_time (issue #8 item 7) ---
+    # The server's clock = real time + this many whole seconds: used for expire_time and presigned-URL
+    # expiry checks, Last-Modified (and listing last_modified) and the Date header, so a test can put
+    # the client's clock ahead of (negative) or behind (positive) the server's. Whole seconds keep the
+    # one-second boundaries of Last-Modified.
+    clock_offset_s: int = 0
+    # expire_time of create-upload-part-urls, create-download-url and create-abort-upload-url.
+    # True (strict, unverified): it must be present, exactly YYYY-MM-DDTHH:MM:SSZ (the reference's and
+    # the SDK's form) and later than the server's now, else 400 INVALID_PARAMETER_VALUE. False: missing
+    # means now + 1 h, any ISO 8601 form is read, and a past time mints an already-expired URL.
+    expire_time_strict: bool = True
 
     def __post_init__(self) -> None:
         if not self.tokens:
@@ -68,6 +79,8 @@ class EmulatorSettings:
             raise ValueError("max_parts must be in 1..100000")
         if self.session_ttl_s <= 0 or self.max_url_ttl_s <= 0:
             raise ValueError("lifetimes must be positive")
+        if isinstance(self.clock_offset_s, bool) or not isinstance(self.clock_offset_s, int):
+            raise ValueError("clock_offset_s must be a whole number of seconds")
 
     def updated(self, changes: Mapping[str, Any]) -> EmulatorSettings:
         known = {f.name for f in fields(self)}

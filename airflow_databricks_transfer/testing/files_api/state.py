@@ -89,7 +89,24 @@ def parse_volume_path(path: str) -> VolumePath:
         raise bad_request(
             f"Path must be of the form /Volumes/<catalog>/<schema>/<volume>/...: {path!r}",
         )
+    check_path_limits(path)
     return VolumePath(path, comps)
+
+
+_MAX_COMPONENT_BYTES = 255  # one name, in UTF-8 bytes (NAME_MAX of the file systems behind volumes)
+_MAX_PATH_BYTES = 4096  # a whole volume path, in UTF-8 bytes [unverified: PATH_MAX]
+
+
+def check_path_limits(path: str) -> None:
+    """400 for a name or a path longer than the service stores (instead of an OS error on disk)."""
+    if len(path.encode("utf-8", "surrogatepass")) > _MAX_PATH_BYTES:
+        raise bad_request(f"The path is longer than {_MAX_PATH_BYTES} bytes.")
+    for comp in path.split("/"):
+        size = len(comp.encode("utf-8", "surrogatepass"))
+        if size > _MAX_COMPONENT_BYTES:
+            raise bad_request(
+                f"A path component is {size} bytes long; at most {_MAX_COMPONENT_BYTES} bytes are allowed."
+            )
 
 
 @dataclass
