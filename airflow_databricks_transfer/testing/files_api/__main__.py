@@ -36,6 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="benchmark sink: drop multipart part bodies; completed files are sparse, of the right size",
     )
+    p.add_argument(
+        "--list-order",
+        choices=["arbitrary", "sorted"],
+        default=EmulatorSettings.list_order,
+        help="order of directory listings: seeded arbitrary (like the real, unspecified one) or sorted",
+    )
+    p.add_argument("--list-order-seed", type=int, default=EmulatorSettings.list_order_seed)
+    p.add_argument(
+        "--rate-limit-concurrent",
+        type=int,
+        default=EmulatorSettings.rate_limit_concurrent,
+        help="API requests in flight before 429 REQUEST_LIMIT_EXCEEDED (0: no limit; default %(default)s)",
+    )
+    p.add_argument(
+        "--rate-limit-per-s",
+        type=int,
+        default=EmulatorSettings.rate_limit_per_s,
+        help="API requests started per second before 429 (0: no limit; default %(default)s)",
+    )
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     return p
 
@@ -53,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         auto_create_volumes=args.auto_create_volumes,
         data_plane_url=args.data_plane_url,
         discard_part_bodies=args.discard_part_bodies,
+        list_order=args.list_order,
+        list_order_seed=args.list_order_seed,
+        rate_limit_concurrent=args.rate_limit_concurrent,
+        rate_limit_per_s=args.rate_limit_per_s,
     )
     args.root.mkdir(parents=True, exist_ok=True)
     server = FilesApiServer(args.host, args.port, args.root, settings)

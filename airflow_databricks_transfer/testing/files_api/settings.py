@@ -11,6 +11,7 @@ GiB = 1024 * MiB
 
 UploadProtocol = Literal["multipart", "resumable"]
 Cloud = Literal["AWS", "AZURE", "GCP"]
+ListOrder = Literal["arbitrary", "sorted"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,17 @@ class EmulatorSettings:
     # Move request bodies socket -> pipe -> file with splice(2) where the platform has it.
     use_splice: bool = True
     default_catalogs: tuple[str, ...] = field(default=("main",))
+    # --- listings and rate limits (issue 8, items 5 and 6) ---
+    # Order of directory listings: the real one is unspecified, so "arbitrary" (a seeded hash of the
+    # directory and name, stable across the pages of one listing); "sorted" by name is for humans.
+    list_order: ListOrder = "arbitrary"
+    list_order_seed: int = 0
+    # The workspace's Files API limits (reference 7.2: ~10 concurrent requests, 100 requests/s),
+    # enforced on /api/ routes with 429 REQUEST_LIMIT_EXCEEDED and Retry-After; 0 turns one off.
+    rate_limit_concurrent: int = 10
+    rate_limit_per_s: int = 100
+    # Retry-After (seconds) sent with those 429s.
+    rate_limit_retry_after_s: int = 1
 
     def __post_init__(self) -> None:
         if not self.tokens:
@@ -59,6 +71,13 @@ class EmulatorSettings:
             raise ValueError("max_parts must be in 1..100000")
         if self.session_ttl_s <= 0 or self.max_url_ttl_s <= 0:
             raise ValueError("lifetimes must be positive")
+        self._check_listing_and_limits()
+
+    def _check_listing_and_limits(self) -> None:
+        if self.list_order not in ("arbitrary", "sorted"):
+            raise ValueError("list_order must be 'arbitrary' or 'sorted'")
+        if self.rate_limit_concurrent < 0 or self.rate_limit_per_s < 0 or self.rate_limit_retry_after_s < 0:
+            raise ValueError("rate limits must be >= 0 (0 turns a limit off)")
 
     def updated(self, changes: Mapping[str, Any]) -> EmulatorSettings:
         known = {f.name for f in fields(self)}
