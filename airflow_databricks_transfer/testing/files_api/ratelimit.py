@@ -10,19 +10,21 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 
 
 class RequestLimiter:
     """Thread-safe admission control; every admitted request must be released once answered."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock  # injectable so a test can pin the one-second window
         self._lock = threading.Lock()
         self._in_flight = 0
         self._started: collections.deque[float] = collections.deque()
 
     def admit(self, concurrent: int, per_s: int) -> str | None:
         """None when admitted, else which limit refused the request."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             while self._started and now - self._started[0] >= 1.0:
                 self._started.popleft()
