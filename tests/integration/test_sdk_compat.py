@@ -395,7 +395,7 @@ def test_the_workspace_request_limit_is_ridden_out(
     path = f"{VOL}/limited/f.bin"
     src = make_file(tmp_path / "f", 6 * MiB, seed=8)
     emu.update_settings(rate_limit_per_s=1)
-    ops = [
+    ops: list[dict[str, Any]] = [
         {"op": "upload", "path": path, "src": str(src), "part_size": 5 * MiB, "parallel": False},
         {"op": "list", "path": f"{VOL}/limited"},
         {"op": "download", "path": path, "dst": str(tmp_path / "d.bin"), "mode": "parallel"},
