@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -303,3 +306,37 @@ def test_requests_per_second_limit_answers_429(
     assert api.page(VOL).status_code == 429
     now[0] += 0.001  # a refused request was not counted: a full new second is open
     assert [api.page(VOL).status_code for _ in range(6)] == [200] * 5 + [429]
+
+
+def test_cli_flags_set_the_listing_and_limit_settings(tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    module = "airflow_databricks_transfer.testing.files_api"
+    flags = ["--list-order", "sorted", "--list-order-seed", "5"]
+    limits = ["--rate-limit-concurrent", "3", "--rate-limit-per-s", "7"]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            module,
+            "--root",
+            str(tmp_path / "r"),
+            *flags,
+            *limits,
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text()):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the emulator never wrote its port"
+            time.sleep(0.05)
+        got = requests.get(f"http://127.0.0.1:{port_file.read_text()}/_emulator/settings", timeout=10).json()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert (got["list_order"], got["list_order_seed"]) == ("sorted", 5)
+    assert (got["rate_limit_concurrent"], got["rate_limit_per_s"]) == (3, 7)
