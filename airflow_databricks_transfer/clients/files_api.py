@@ -33,6 +33,7 @@ from airflow_databricks_transfer.engine.errors import (
     ConnectionLostError,
     InvalidRequestError,
     MultipartUnavailableError,
+    RateLimitedError,
     RemoteChangedError,
     RemoteNotFoundError,
     RetryableError,
@@ -202,7 +203,9 @@ def _by_status(
     status: int, reason: str, retry_after_s: float | None, *, session_call: bool, not_found_text: str = ""
 ) -> TransferError:
     """The one place an HTTP status becomes an engine error: transient unless clearly the client's fault."""
-    if status in (429, 503):
+    if status == 429:
+        return RateLimitedError(reason, retry_after_s=retry_after_s)
+    if status == 503:
         return ThrottledError(reason, retry_after_s=retry_after_s)
     if status == 408 or status >= 500:
         return RetryableError(reason, retry_after_s=retry_after_s)
@@ -314,6 +317,20 @@ class FileInfo:
     is_directory: bool
     size: int | None
     last_modified_ms: int | None
+
+
+def _file_info(entry: Mapping[str, Any]) -> FileInfo:
+    """A listing entry as proto3 JSON sends it: false, zero and empty fields are simply absent."""
+    is_dir = bool(entry.get("is_directory", False))
+    path = str(entry["path"])
+    name = entry.get("name") or path.rstrip("/").rsplit("/", 1)[-1]
+    return FileInfo(
+        path,
+        str(name),
+        is_dir,
+        None if is_dir else int(entry.get("file_size", 0)),
+        int(entry.get("last_modified", 0)),
+    )
 
 
 class FilesApiClient:
@@ -498,14 +515,8 @@ class FilesApiClient:
                 return self.control("GET", f"{DIRS}{_quote(path)}", query=q, what=f"list {path}")
 
             page = self._retrying(fetch, f"list {path}")
-            for e in page.get("contents", []):
-                yield FileInfo(
-                    e["path"],
-                    e["name"],
-                    bool(e.get("is_directory")),
-                    e.get("file_size"),
-                    e.get("last_modified"),
-                )
+            for e in page.get("contents") or []:
+                yield _file_info(e)
             token = page.get("next_page_token")
             if not token:
                 return

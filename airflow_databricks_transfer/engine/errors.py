@@ -6,6 +6,7 @@ Airflow glue never look at HTTP status codes or SDK exception classes.
     TransferError
     ├── RetryableError            transient: try the same request again after a backoff
     │   ├── ThrottledError        the server asked us to slow down (carries Retry-After)
+    │   │   └── RateLimitedError  429: the workspace's request limit; pacing, not a failure
     │   └── ConnectionLostError   reset, timeout, short body
     ├── UrlExpiredError           a presigned URL expired: mint a new one, then retry
     ├── SessionLostError          the remote upload session is gone: start the upload clean
@@ -40,6 +41,14 @@ class RetryableError(TransferError):
 
 class ThrottledError(RetryableError):
     """429/503 and friends; ``retry_after_s`` is the server's Retry-After when it sent one."""
+
+
+class RateLimitedError(ThrottledError):
+    """429: over the workspace's request limits (~10 concurrent, 100/s, shared by every client of it).
+
+    Busy neighbours cause it, not a fault of this request, so its retries are paced by Retry-After and
+    bounded by time (``RetryPolicy.max_rate_limited_wait_s``) rather than by the attempt budgets.
+    """
 
 
 class ConnectionLostError(RetryableError):

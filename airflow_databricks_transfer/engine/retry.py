@@ -13,7 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from airflow_databricks_transfer.engine.errors import RetryableError, RetryBudgetExceeded, TransferError
+from airflow_databricks_transfer.engine.errors import (
+    RateLimitedError,
+    RetryableError,
+    RetryBudgetExceeded,
+    TransferError,
+)
 
 T = TypeVar("T")
 
@@ -28,12 +33,17 @@ class RetryPolicy:
     base_delay_s: float = 0.5
     max_delay_s: float = 30.0
     max_retry_after_s: float = 300.0
+    # 429s (the workspace's shared request limit) are retried without counting as attempts or against a
+    # transfer's budget until one call has waited this long on them; 0 counts them like other errors.
+    max_rate_limited_wait_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         if self.base_delay_s < 0 or self.max_delay_s < self.base_delay_s:
             raise ValueError("delays must satisfy 0 <= base_delay_s <= max_delay_s")
+        if self.max_rate_limited_wait_s < 0:
+            raise ValueError("max_rate_limited_wait_s must be >= 0")
 
     def delay_s(self, attempt: int, err: RetryableError, rng: random.Random) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (attempts count from 1)."""
@@ -41,6 +51,14 @@ class RetryPolicy:
             return min(max(err.retry_after_s, 0.0), self.max_retry_after_s)
         cap = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
         return rng.uniform(cap / 2, cap)  # "equal jitter": spread out, never zero
+
+    def rate_limited_delay_s(self, err: RetryableError, rng: random.Random) -> float:
+        """Retry-After (or the base delay) plus half to one base delay of jitter, never zero: clients
+        refused together must not all come back in the same instant and be refused together again."""
+        wait = self.base_delay_s if err.retry_after_s is None else max(err.retry_after_s, 0.0)
+        return (
+            min(wait, self.max_retry_after_s) + rng.uniform(self.base_delay_s / 2, self.base_delay_s) + 0.001
+        )
 
 
 class RecoveryBudget:
@@ -87,17 +105,28 @@ def call_with_retry(
     """
     rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
     attempt = 1
+    rate_limited_waited = 0.0
     while True:
         if cancel is not None and cancel.is_set():
             raise Cancelled("transfer cancelled")
         try:
             return fn()
         except RetryableError as err:
-            if attempt >= policy.max_attempts:
-                raise RetryBudgetExceeded(f"gave up after {attempt} attempts: {err}", last_error=err) from err
-            if budget is not None:
-                budget.spend(err)
-            delay = policy.delay_s(attempt, err, rng)
+            delay: float | None = None
+            if isinstance(err, RateLimitedError):  # pacing by a shared limit: bounded by time, not count
+                wait = policy.rate_limited_delay_s(err, rng)
+                if rate_limited_waited + wait <= policy.max_rate_limited_wait_s:
+                    rate_limited_waited += wait
+                    delay = wait
+            counted = delay is None
+            if delay is None:
+                if attempt >= policy.max_attempts:
+                    raise RetryBudgetExceeded(
+                        f"gave up after {attempt} attempts: {err}", last_error=err
+                    ) from err
+                if budget is not None:
+                    budget.spend(err)
+                delay = policy.delay_s(attempt, err, rng)
             if pace is not None:
                 delay = max(0.0, delay - pace())
                 if cancel is not None and cancel.is_set():
@@ -111,4 +140,5 @@ def call_with_retry(
                     raise Cancelled("transfer cancelled") from err
             else:
                 time.sleep(delay)
-            attempt += 1
+            if counted:
+                attempt += 1

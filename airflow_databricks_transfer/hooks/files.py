@@ -220,7 +220,8 @@ def split_glob(pattern: str) -> tuple[str, str | None]:
 
 
 def find_matches(hook: DatabricksFilesHook, pattern: str) -> dict[str, int]:
-    """{path: size} of the files matching ``pattern`` (a path or a glob; ``*`` does not cross ``/``).
+    """{path: size} of the files matching ``pattern`` (a path or a glob; ``*`` does not cross ``/``),
+    in path order: listings come in no particular order, and the sensor's XCom should not depend on it.
 
     Lists only the folders the pattern can reach: the literal prefix folder, then, level by level, the
     subfolders whose names match that level's segment, never deeper than the pattern. A literal segment
@@ -233,7 +234,7 @@ def find_matches(hook: DatabricksFilesHook, pattern: str) -> dict[str, int]:
     segments = [s for s in glob[len(base) :].split("/") if s]
     found: dict[str, int] = {}
     _match_level(hook, base.rstrip("/"), segments, found)
-    return found
+    return dict(sorted(found.items()))
 
 
 def _match_level(hook: DatabricksFilesHook, folder: str, segments: list[str], found: dict[str, int]) -> None:

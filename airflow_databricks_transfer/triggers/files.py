@@ -102,7 +102,10 @@ class DatabricksVolumeFileTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # one request per check: this loop is the retry loop, and its time bound must hold
-        hook = DatabricksFilesHook(self.databricks_conn_id, metadata_retry=RetryPolicy(max_attempts=1))
+        # (a 429 too: max_rate_limited_wait_s=0 keeps the hook from pacing it inside one check)
+        hook = DatabricksFilesHook(
+            self.databricks_conn_id, metadata_retry=RetryPolicy(max_attempts=1, max_rate_limited_wait_s=0)
+        )
         tracker = StabilityTracker(self.stable_checks, self.stability_state)
         rng = random.Random()  # noqa: S311 - jitter, not secrets
         failing_since: float | None = None

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from airflow_databricks_transfer.testing.files_api.ratelimit import RequestLimiter
 
 REPO = Path(__file__).resolve().parents[2]
 SDK_VERSIONS = ("0.156.0", "0.162.0")
@@ -116,3 +120,31 @@ class DictStore:
 
     def delete(self, key: str) -> None:
         self.data.pop(key, None)
+
+
+@contextlib.contextmanager
+def frozen_request_window(emu: Any) -> Iterator[None]:
+    """Freeze the emulator's one-second request window: once ``rate_limit_per_s`` API requests have
+    started, every further one is answered 429 REQUEST_LIMIT_EXCEEDED until that setting changes.
+
+    Throttling on cue, with no dependence on how fast the machine is. Swap at a quiet moment only.
+    """
+    saved = emu.server.limiter
+    emu.server.limiter = RequestLimiter(clock=lambda: 0.0)
+    try:
+        yield
+    finally:
+        emu.server.limiter = saved
+
+
+def throttled(emu: Any, route: str | None = None) -> int:
+    """How many API requests (on ``route``, if given) the emulator answered 429."""
+    return sum(1 for r in emu.requests(route) if r.status == 429)
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``check`` until true (an event, not a duration: the timeout only bounds a broken run)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)

@@ -30,7 +30,7 @@ from airflow_databricks_transfer.engine.errors import (
 )
 from airflow_databricks_transfer.engine.retry import Cancelled, RetryPolicy
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
-from tests.integration.conftest import MiB, sha256_file
+from tests.integration.conftest import MiB, frozen_request_window, sha256_file, throttled, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -332,3 +332,40 @@ def test_retry_lines_name_the_chunk(
         Downloader(client.download_source(path), tmp_path / "o.bin", opts()).run()
     lines = [r.getMessage() for r in caplog.records if "retry 1 in" in r.getMessage()]
     assert len(lines) == 1 and "chunk 2/3: retry 1 in" in lines[0], lines
+
+
+# ------------------------------------------------ issue 8 item 6: the workspace's request limits
+
+
+def test_a_parallel_direct_download_rides_out_the_workspace_request_limit(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    """Presigned URLs off, so every ranged GET is a workspace API call. The workspace's per-second limit
+    is used up after three requests and stays so (a frozen window) until far more 429s than any attempt
+    budget allows were answered: a 429 is pacing by a limit shared with other clients, not a failure, so
+    the parallel download waits and finishes. (The client before issue 8 counted each 429 as a failed
+    attempt and gave up with RetryBudgetExceeded.)"""
+    emu = files_api_emulator
+    path = f"{VOL}/limited.bin"
+    emu.seed(files=[{"path": path, "size": 8 * MiB, "seed": 51}])
+    emu.update_settings(presigned_enabled=False, rate_limit_per_s=3, rate_limit_retry_after_s=0)
+    out = tmp_path / "out.bin"
+    outcome: list[Any] = []
+
+    def download() -> None:
+        try:
+            outcome.append(Downloader(client.download_source(path), out, opts(parallelism=4)).run())
+        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            outcome.append(err)
+
+    enough = 4 * FAST_RETRY.max_attempts + 1  # more than every worker's attempts
+    with frozen_request_window(emu):
+        worker = threading.Thread(target=download)
+        worker.start()
+        wait_for(lambda: throttled(emu, "files.get") >= enough or not worker.is_alive(), "429s or an end")
+        emu.update_settings(rate_limit_per_s=100)  # the other clients went quiet
+        worker.join(120)
+    assert not worker.is_alive()
+    assert not isinstance(outcome[0], Exception), outcome[0]
+    assert sha256_file(out) == sha256_file(emu.local_path(path))
+    assert throttled(emu, "files.get") >= enough  # the request log shows the download was throttled

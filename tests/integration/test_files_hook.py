@@ -12,7 +12,7 @@ import pytest
 from airflow_databricks_transfer.engine.download import DownloadOptions
 from airflow_databricks_transfer.engine.errors import AuthError, InvalidRequestError, RemoteNotFoundError
 from airflow_databricks_transfer.engine.upload import UploadOptions
-from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
+from airflow_databricks_transfer.hooks.files import DatabricksFilesHook, find_matches
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
 from tests.integration.conftest import MiB, make_file, sha256_file
 from tests.venv_without import venv_without
@@ -165,3 +165,46 @@ def test_a_directory_path_with_a_trailing_slash_still_works(
     hook.delete(f"{VOL}/slash/", recursive=True)
     assert not hook.exists(f"{VOL}/slash/")
     assert all(r.status != 400 for r in files_api_emulator.requests())
+
+
+def test_listing_copes_with_pages_any_order_and_omitted_fields(
+    hook: DatabricksFilesHook, files_api_emulator: FilesApiEmulator
+) -> None:
+    """The real listing: entries in no particular order, two a page here, false/zero fields omitted as
+    proto3 JSON does. An empty file is a file of size 0 (before issue 8 its size came back None), a
+    folder has no size, and a recursive delete that removes entries while it pages still gets them all."""
+    emu = files_api_emulator
+    emu.update_settings(list_page_size_max=2)
+    emu.seed(
+        files=[
+            {"path": f"{VOL}/ls/empty.csv", "size": 0},
+            {"path": f"{VOL}/ls/a.csv", "size": 3},
+            {"path": f"{VOL}/ls/z.txt", "size": 2},
+            {"path": f"{VOL}/ls/sub/b.csv", "size": 5},
+            {"path": f"{VOL}/ls/sub/deep/c.csv", "size": 1},
+        ]
+    )
+    hook.create_directory(f"{VOL}/ls/void")
+    entries = {e.path.rstrip("/"): e for e in hook.list_directory(f"{VOL}/ls", recursive=True)}
+    assert len(emu.requests("directories.get")) > 4  # four folders, and the first took several pages
+    sizes = {path: (e.is_directory, e.size) for path, e in entries.items()}
+    assert sizes == {
+        f"{VOL}/ls/empty.csv": (False, 0),
+        f"{VOL}/ls/a.csv": (False, 3),
+        f"{VOL}/ls/z.txt": (False, 2),
+        f"{VOL}/ls/sub": (True, None),
+        f"{VOL}/ls/void": (True, None),
+        f"{VOL}/ls/sub/b.csv": (False, 5),
+        f"{VOL}/ls/sub/deep": (True, None),
+        f"{VOL}/ls/sub/deep/c.csv": (False, 1),
+    }
+    assert all(e.name == p.rsplit("/", 1)[-1] for p, e in entries.items())
+    matches = find_matches(hook, f"{VOL}/ls/*.csv")
+    assert matches == {f"{VOL}/ls/empty.csv": 0, f"{VOL}/ls/a.csv": 3}
+    assert list(matches) == [
+        f"{VOL}/ls/a.csv",
+        f"{VOL}/ls/empty.csv",
+    ]  # by path: the listing served empty first
+    assert find_matches(hook, f"{VOL}/ls/*/*/*.csv") == {f"{VOL}/ls/sub/deep/c.csv": 1}
+    hook.delete(f"{VOL}/ls", recursive=True)
+    assert not hook.exists(f"{VOL}/ls")

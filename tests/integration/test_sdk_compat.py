@@ -6,12 +6,22 @@ same wire protocol. Every transfer is checked byte for byte (SHA-256) and by wha
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
-from tests.integration.conftest import MiB, make_file, run_sdk, sha256_file
+from tests.integration.conftest import (
+    MiB,
+    frozen_request_window,
+    make_file,
+    run_sdk,
+    sha256_file,
+    throttled,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -148,7 +158,8 @@ def test_listing_paginates(files_api_emulator: FilesApiEmulator, sdk_version: st
     results = run_sdk(sdk_version, emu.url, emu.token, [{"op": "list", "path": f"{VOL}/list/"}])
     entries = results[0]
     assert [e["name"] for e in entries] == ["f0.txt", "f1.txt", "f2.txt", "f3.txt", "f4.txt", "sub"]
-    assert [e["file_size"] for e in entries[:5]] == [0, 1, 2, 3, 4]
+    # proto3 JSON omits a zero file_size; the SDK then reads None (so a client must treat it as 0)
+    assert [e["file_size"] for e in entries[:5]] == [None, 1, 2, 3, 4]
     assert entries[5]["is_directory"] is True
     assert len(emu.requests("directories.get")) == 3
 
@@ -372,3 +383,42 @@ def test_wrong_token_is_unauthenticated(files_api_emulator: FilesApiEmulator, sd
         sdk_version, files_api_emulator.url, "not-a-token", [{"op": "metadata", "path": f"{VOL}/x"}]
     )
     assert results[0]["error"] == "Unauthenticated"
+
+
+def test_the_workspace_request_limit_is_ridden_out(
+    files_api_emulator: FilesApiEmulator, sdk_version: str, tmp_path: Path
+) -> None:
+    """The official client against the workspace's request limits (on by default): the per-second window
+    is used up after one call and stays so until several 429s with Retry-After were answered; the SDK's
+    own retries wait them out, and the upload, listing and download that follow all succeed."""
+    emu = files_api_emulator
+    path = f"{VOL}/limited/f.bin"
+    src = make_file(tmp_path / "f", 6 * MiB, seed=8)
+    emu.update_settings(rate_limit_per_s=1)
+    ops: list[dict[str, Any]] = [
+        {"op": "upload", "path": path, "src": str(src), "part_size": 5 * MiB, "parallel": False},
+        {"op": "list", "path": f"{VOL}/limited"},
+        {"op": "download", "path": path, "dst": str(tmp_path / "d.bin"), "mode": "parallel"},
+    ]
+    outcome: list[Any] = []
+
+    def sdk() -> None:
+        try:
+            outcome.append(run_sdk(sdk_version, emu.url, emu.token, ops, config=SMALL_MULTIPART))
+        except BaseException as err:  # noqa: BLE001 - pytest.fail raises Failed, a BaseException
+            outcome.append(err)
+
+    with frozen_request_window(emu):
+        worker = threading.Thread(target=sdk)
+        worker.start()
+        wait_for(lambda: throttled(emu) >= 3 or not worker.is_alive(), "429s or an end", timeout=120)
+        emu.update_settings(rate_limit_per_s=100)
+        worker.join(300)
+    assert not worker.is_alive()
+    assert outcome[0] == [
+        "ok",
+        [{"name": "f.bin", "path": path, "is_directory": None, "file_size": 6 * MiB}],
+        "ok",
+    ]
+    assert sha256_file(tmp_path / "d.bin") == sha256_file(src)
+    assert throttled(emu) >= 3

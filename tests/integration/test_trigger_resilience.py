@@ -64,7 +64,7 @@ def test_every_argument_survives_serialization() -> None:
     )
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504])
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
 def test_one_failed_listing_does_not_end_the_wait(
     conn: str, files_api_emulator: FilesApiEmulator, status: int, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -82,7 +82,7 @@ def test_one_failed_listing_does_not_end_the_wait(
     assert statuses == [status, 200]  # failed once, retried, and the retry found the file
     log = capfd.readouterr().out  # Airflow's structlog writes task and trigger logs to stdout
     retry_lines = [line for line in log.splitlines() if "check failed" in line]
-    kind = "ThrottledError" if status in (429, 503) else "RetryableError"
+    kind = {429: "RateLimitedError", 503: "ThrottledError"}.get(status, "RetryableError")
     assert len(retry_lines) == 1 and kind in retry_lines[0] and "retry 1 in" in retry_lines[0]
 
 

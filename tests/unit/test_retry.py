@@ -10,6 +10,7 @@ import pytest
 from airflow_databricks_transfer.engine.errors import (
     AuthError,
     ConnectionLostError,
+    RateLimitedError,
     RetryBudgetExceeded,
     ThrottledError,
     UrlExpiredError,
@@ -85,3 +86,33 @@ def test_policy_rejects_nonsense() -> None:
         RetryPolicy(max_attempts=0)
     with pytest.raises(ValueError):
         RetryPolicy(base_delay_s=5, max_delay_s=1)
+
+
+def test_rate_limited_retries_are_paced_not_counted() -> None:
+    """429s (a limit shared with the workspace's other clients) spend neither attempts nor the budget."""
+    waits: list[float] = []
+    budget = RecoveryBudget(0)
+    fn = Flaky([RateLimitedError("429", retry_after_s=1) for _ in range(20)])
+    policy = RetryPolicy(max_attempts=2, base_delay_s=0.1, max_delay_s=0.1)
+    assert call_with_retry(fn, policy, budget=budget, sleep=waits.append) == "done"
+    assert fn.calls == 21 and budget.used == 0
+    assert all(1.05 <= w <= 1.101 for w in waits)  # Retry-After plus jitter, so refused clients spread
+
+
+def test_rate_limited_retries_are_bounded_by_time() -> None:
+    waits: list[float] = []
+    fn = Flaky([RateLimitedError("429", retry_after_s=10) for _ in range(20)])
+    policy = RetryPolicy(max_attempts=3, base_delay_s=0.1, max_delay_s=0.1, max_rate_limited_wait_s=35)
+    with pytest.raises(RetryBudgetExceeded) as info:
+        call_with_retry(fn, policy, sleep=waits.append)
+    # three paced waits fit in 35 s; then 429s count as attempts: two more waits, the third attempt fails
+    assert len(waits) == 5 and sum(waits[:3]) <= 35
+    assert isinstance(info.value.last_error, RateLimitedError)
+
+
+def test_rate_limited_counts_as_an_attempt_when_pacing_is_off() -> None:
+    """The trigger's one-request-per-check hook: a 429 is reported at once, its own loop backs off."""
+    fn = Flaky([RateLimitedError("429", retry_after_s=1)])
+    with pytest.raises(RetryBudgetExceeded):
+        call_with_retry(fn, RetryPolicy(max_attempts=1, max_rate_limited_wait_s=0), sleep=lambda s: None)
+    assert fn.calls == 1

@@ -57,6 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept a missing, non-canonical or past expire_time (default: 400 INVALID_PARAMETER_VALUE)",
     )
+    p.add_argument(
+        "--list-order",
+        choices=["arbitrary", "sorted"],
+        default=EmulatorSettings.list_order,
+        help="order of directory listings: seeded arbitrary (like the real, unspecified one) or sorted",
+    )
+    p.add_argument("--list-order-seed", type=int, default=EmulatorSettings.list_order_seed)
+    p.add_argument(
+        "--rate-limit-concurrent",
+        type=int,
+        default=EmulatorSettings.rate_limit_concurrent,
+        help="API requests in flight before 429 REQUEST_LIMIT_EXCEEDED (0: no limit; default %(default)s)",
+    )
+    p.add_argument(
+        "--rate-limit-per-s",
+        type=int,
+        default=EmulatorSettings.rate_limit_per_s,
+        help="API requests started per second before 429 (0: no limit; default %(default)s)",
+    )
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     return p
 
@@ -78,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         last_modified_bump=args.last_modified_bump,
         clock_offset_s=args.clock_offset_s,
         expire_time_strict=not args.lenient_expire_time,
+        list_order=args.list_order,
+        list_order_seed=args.list_order_seed,
+        rate_limit_concurrent=args.rate_limit_concurrent,
+        rate_limit_per_s=args.rate_limit_per_s,
     )
     args.root.mkdir(parents=True, exist_ok=True)
     server = FilesApiServer(args.host, args.port, args.root, settings)

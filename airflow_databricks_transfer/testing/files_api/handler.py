@@ -235,11 +235,13 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         self.fault: FaultRule | None = None
         self.dropped = False
         self.body_consumed = False
+        self.admitted = False
         logged = not self.raw_path.startswith("/_emulator/")
         if logged:
             self.server.log.begin()
         try:
             handler = self._dispatch()
+            self._admit()
             if not self.route.startswith("control."):
                 self.fault = self.server.faults.check(
                     RequestInfo(self.route, method, self.vpath, self.part_number)
@@ -264,6 +266,8 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             self._send_api_error(ApiError(500, "INTERNAL_ERROR", f"emulator bug: {err!r}"))
             raise
         finally:
+            if self.admitted:
+                self.server.limiter.release()
             if logged:
                 self.server.log.record(
                     LoggedRequest(
@@ -282,6 +286,21 @@ class FilesApiHandler(BaseHTTPRequestHandler):
                         dropped=self.dropped,
                     )
                 )
+
+    def _admit(self) -> None:
+        """Apply the workspace's request limits to its API routes (not presigned URLs, not /_emulator/)."""
+        if not self.raw_path.startswith("/api/"):
+            return
+        settings = self.server.settings
+        refused = self.server.limiter.admit(settings.rate_limit_concurrent, settings.rate_limit_per_s)
+        if refused is not None:
+            raise ApiError(
+                429,
+                "REQUEST_LIMIT_EXCEEDED",
+                f"Request limit exceeded for this workspace: {refused}.",
+                retry_after_s=settings.rate_limit_retry_after_s,
+            )
+        self.admitted = True
 
     def _drop(self, reset: bool = True) -> None:
         """Cut the connection the way a crashed proxy or a network blip would."""

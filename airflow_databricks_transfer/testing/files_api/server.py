@@ -21,6 +21,7 @@ from typing import Any
 from airflow_databricks_transfer.testing.faults import FaultPlan, FaultRule
 from airflow_databricks_transfer.testing.files_api.errors import ApiError, bad_request
 from airflow_databricks_transfer.testing.files_api.handler import FilesApiHandler
+from airflow_databricks_transfer.testing.files_api.ratelimit import RequestLimiter
 from airflow_databricks_transfer.testing.files_api.requestlog import LoggedRequest, RequestLog
 from airflow_databricks_transfer.testing.files_api.settings import EmulatorSettings
 from airflow_databricks_transfer.testing.files_api.signing import UrlSigner
@@ -50,6 +51,7 @@ class FilesApiServer(ThreadingHTTPServer):
         self.store = Store(root, settings)
         self.faults = FaultPlan()
         self.log = RequestLog()
+        self.limiter = RequestLimiter()  # the workspace's rate limits (settings.rate_limit_*)
         key_file = self.store.internal / "signing.key"
         if not key_file.exists():
             key_file.write_bytes(secrets.token_bytes(32))

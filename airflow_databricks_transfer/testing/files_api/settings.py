@@ -11,6 +11,7 @@ GiB = 1024 * MiB
 
 UploadProtocol = Literal["multipart", "resumable"]
 Cloud = Literal["AWS", "AZURE", "GCP"]
+ListOrder = Literal["arbitrary", "sorted"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,17 @@ class EmulatorSettings:
     # the SDK's form) and later than the server's now, else 400 INVALID_PARAMETER_VALUE. False: missing
     # means now + 1 h, any ISO 8601 form is read, and a past time mints an already-expired URL.
     expire_time_strict: bool = True
+    # --- listings and rate limits (issue 8, items 5 and 6) ---
+    # Order of directory listings: the real one is unspecified, so "arbitrary" (a seeded hash of the
+    # directory and name, stable across the pages of one listing); "sorted" by name is for humans.
+    list_order: ListOrder = "arbitrary"
+    list_order_seed: int = 0
+    # The workspace's Files API limits (reference 7.2: ~10 concurrent requests, 100 requests/s),
+    # enforced on /api/ routes with 429 REQUEST_LIMIT_EXCEEDED and Retry-After; 0 turns one off.
+    rate_limit_concurrent: int = 10
+    rate_limit_per_s: int = 100
+    # Retry-After (seconds) sent with those 429s.
+    rate_limit_retry_after_s: int = 1
 
     def __post_init__(self) -> None:
         if not self.tokens:
@@ -81,6 +93,13 @@ class EmulatorSettings:
             raise ValueError("lifetimes must be positive")
         if isinstance(self.clock_offset_s, bool) or not isinstance(self.clock_offset_s, int):
             raise ValueError("clock_offset_s must be a whole number of seconds")
+        self._check_listing_and_limits()
+
+    def _check_listing_and_limits(self) -> None:
+        if self.list_order not in ("arbitrary", "sorted"):
+            raise ValueError("list_order must be 'arbitrary' or 'sorted'")
+        if self.rate_limit_concurrent < 0 or self.rate_limit_per_s < 0 or self.rate_limit_retry_after_s < 0:
+            raise ValueError("rate limits must be >= 0 (0 turns a limit off)")
 
     def updated(self, changes: Mapping[str, Any]) -> EmulatorSettings:
         known = {f.name for f in fields(self)}

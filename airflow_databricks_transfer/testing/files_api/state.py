@@ -8,7 +8,6 @@ Wire concerns (HTTP, JSON shapes, auth) stay in ``handler.py``.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import email.utils
 import hashlib
@@ -24,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from airflow_databricks_transfer.testing.files_api import listing
 from airflow_databricks_transfer.testing.files_api.errors import (
     ApiError,
     already_exists,
@@ -312,6 +312,7 @@ class Store:
         return self.disk_path(vp).is_dir()
 
     def list_directory(self, vp: VolumePath, page_size: int | None, page_token: str | None) -> dict[str, Any]:
+        """One page: seeded arbitrary order, opaque bound tokens, proto3 JSON (defaults omitted)."""
         p = self.disk_path(vp)
         if not p.is_dir():
             raise not_found(f"The directory {vp.raw} does not exist.")
@@ -321,35 +322,35 @@ class Store:
                 raise bad_request("page_size must be non-negative")
             if page_size:
                 limit = min(page_size, limit)
-        after = ""
-        if page_token:
-            try:
-                after = base64.urlsafe_b64decode(page_token.encode()).decode()
-            except (ValueError, UnicodeDecodeError):
-                raise bad_request("Invalid page_token") from None
-        with os.scandir(p) as it:
-            names = sorted(e.name for e in it if e.name > after)
-        page, rest = names[:limit], names[limit:]
-        contents = []
         base = vp.normalized.rstrip("/")
-        for name in page:
+        order, seed = self.settings.list_order, self.settings.list_order_seed
+        binding = {"d": base, "s": page_size, "o": order, "seed": seed}
+        after = listing.decode_token(page_token, binding) if page_token else None
+        with os.scandir(p) as it:
+            keyed = sorted((listing.order_key(order, seed, base, e.name), e.name) for e in it)
+        if after is not None:
+            keyed = [k for k in keyed if k[0] > after]
+        page, rest = keyed[:limit], keyed[limit:]
+        contents = []
+        for _, name in page:
             try:
                 st = (p / name).stat()
             except FileNotFoundError:
                 continue
             is_dir = (p / name).is_dir()
-            entry: dict[str, Any] = {
-                "path": f"{base}/{name}" + ("/" if is_dir else ""),
-                "name": name,
-                "is_directory": is_dir,
-                "last_modified": st.st_mtime_ns // 1_000_000,
-            }
-            if not is_dir:
+            entry: dict[str, Any] = {"path": f"{base}/{name}" + ("/" if is_dir else ""), "name": name}
+            if is_dir:
+                entry["is_directory"] = True
+            elif st.st_size:
                 entry["file_size"] = st.st_size
+            if st.st_mtime_ns // 1_000_000:
+                entry["last_modified"] = st.st_mtime_ns // 1_000_000
             contents.append(entry)
-        out: dict[str, Any] = {"contents": contents}
+        out: dict[str, Any] = {}
+        if contents:
+            out["contents"] = contents
         if rest:
-            out["next_page_token"] = base64.urlsafe_b64encode(page[-1].encode()).decode()
+            out["next_page_token"] = listing.encode_token(binding, page[-1][0])
         return out
 
     def delete_directory(self, vp: VolumePath) -> None:
