@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -251,15 +250,22 @@ def test_session_lost_mid_upload_restarts_clean(
     src = make_file(tmp_path / "src", 16 * MiB, seed=9)
     dest = f"{VOL}/lost.bin"
     store = files_api_emulator.server.store
-    fired = threading.Event()
+    target = client.upload_target(dest)
+    put_part = target.put_part
+    sent: list[str] = []
 
-    def expire_session(cp: UploadCheckpoint) -> None:
-        if len(cp.parts) == 1 and not fired.is_set():
-            fired.set()
-            store.abort(cp.session_token)  # the server forgets the session (expiry, admin abort)
+    def put_part_then_lose_the_session(*args: Any, **kwargs: Any) -> str:
+        # on the data path, not from the asynchronous checkpoint saver: on a busy machine the saver can
+        # run after the last part, and the test would then prove nothing
+        etag = put_part(*args, **kwargs)
+        sent.append(etag)
+        if len(sent) == 1:
+            for token in store.tokens_for(dest):
+                store.abort(token)  # the server forgets the session (expiry, admin abort)
+        return etag
 
-    sink = MemorySink(expire_session)
-    result = Uploader(client.upload_target(dest), src, up_opts(parallelism=1), sink=sink).run()
+    target.put_part = put_part_then_lose_the_session  # type: ignore[method-assign]
+    result = Uploader(target, src, up_opts(parallelism=1)).run()
     assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
     assert result.restarted_reason is not None and "session lost" in result.restarted_reason
     assert len(files_api_emulator.requests("files.initiate_upload")) == 2
@@ -503,16 +509,21 @@ def test_remote_change_mid_download_restarts_and_never_splices(
     path = f"{VOL}/moving.bin"
     emu = files_api_emulator
     emu.seed(files=[{"path": path, "size": 10 * MiB, "seed": 20}])
-    replaced = threading.Event()
+    source = client.download_source(path)
+    open_range = source.open_range
+    opened = 0
 
-    def replace_remote(cp: DownloadCheckpoint) -> None:
-        if cp.done_chunks and not replaced.is_set():
-            replaced.set()
+    def replace_before_the_second_range(*args: Any, **kwargs: Any) -> Any:
+        # on the data path, not from the asynchronous checkpoint saver (which may run too late)
+        nonlocal opened
+        opened += 1
+        if opened == 2:
             emu.seed(files=[{"path": path, "size": 10 * MiB, "seed": 21}])  # a new version, same size
+        return open_range(*args, **kwargs)
 
+    source.open_range = replace_before_the_second_range  # type: ignore[method-assign]
     out = tmp_path / "out.bin"
-    sink = MemorySink(replace_remote)
-    result = Downloader(client.download_source(path), out, down_opts(parallelism=1), sink=sink).run()
+    result = Downloader(source, out, down_opts(parallelism=1)).run()
     assert result.restarted_reason is not None and "changed" in result.restarted_reason
     assert sha256_file(out) == sha256_file(emu.local_path(path))  # all of the new version
 
