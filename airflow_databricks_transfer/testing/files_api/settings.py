@@ -45,6 +45,11 @@ class EmulatorSettings:
     # Move request bodies socket -> pipe -> file with splice(2) where the platform has it.
     use_splice: bool = True
     default_catalogs: tuple[str, ...] = field(default=("main",))
+    # (strict data plane) A workspace-host data PUT (single-shot, storage-proxy part) whose body has no
+    # Content-Length (chunked, or neither header). The real answer is unverified: True (the harder
+    # reading) refuses it with 411, as every object store does; False stores it, and the size caps then
+    # apply to the bytes actually received (413, connection closed, when exceeded).
+    workspace_put_requires_length: bool = True
 
     def __post_init__(self) -> None:
         if not self.tokens:
