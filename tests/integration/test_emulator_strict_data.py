@@ -9,9 +9,13 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 import pytest
 
@@ -29,6 +33,7 @@ from tests.integration.test_emulator_protocol import (
     payload,
     wait_until,
 )
+from tests.integration.test_emulator_standalone import wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -380,3 +385,29 @@ def test_s3_and_gcs_parts_are_200_with_a_quoted_etag_and_blank_etags_are_refused
     assert etag.startswith('"') and etag.endswith('"') and len(etag) > 2
     assert api.complete(path, token, [(1, "")]).status_code == 400
     assert api.complete(path, token, [(1, etag)]).status_code == 200
+
+
+# ================================================================ the command line
+
+
+@pytest.mark.parametrize(("flags", "expected"), [([], True), (["--workspace-put-without-length"], False)])
+def test_cli_flag_for_workspace_puts_without_a_length(
+    tmp_path: Path, flags: list[str], expected: bool
+) -> None:
+    port_file, log = tmp_path / "port", tmp_path / "log"
+    args = [
+        sys.executable,
+        "-m",
+        "airflow_databricks_transfer.testing.files_api",
+        "--root",
+        str(tmp_path / "r"),
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*args, "--port-file", str(port_file), *flags], stdout=out, stderr=out)
+    try:
+        port = wait_for_port(proc, port_file, log)
+        settings = json.loads(urlopen(f"http://127.0.0.1:{port}/_emulator/settings", timeout=10).read())
+        assert settings["workspace_put_requires_length"] is expected
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="benchmark sink: drop multipart part bodies; completed files are sparse, of the right size",
     )
+    p.add_argument(
+        "--workspace-put-without-length",
+        action="store_true",
+        help="store workspace PUTs sent chunked or without Content-Length (default: refuse with 411)",
+    )
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     return p
 
@@ -53,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         auto_create_volumes=args.auto_create_volumes,
         data_plane_url=args.data_plane_url,
         discard_part_bodies=args.discard_part_bodies,
+        workspace_put_requires_length=not args.workspace_put_without_length,
     )
     args.root.mkdir(parents=True, exist_ok=True)
     server = FilesApiServer(args.host, args.port, args.root, settings)
