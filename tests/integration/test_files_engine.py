@@ -32,6 +32,7 @@ from airflow_databricks_transfer.engine.errors import (
     FatalError,
     InsufficientSpaceError,
     InvalidRequestError,
+    RemoteChangedError,
     RemoteNotFoundError,
     SourceChangedError,
 )
@@ -882,3 +883,29 @@ def test_azure_resume_after_the_session_expired_starts_clean(
     assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
     assert result.restarted_reason is not None and "session lost" in result.restarted_reason
     assert result.parts_resumed == 0
+
+
+def test_azure_a_part_replaced_by_another_writer_is_caught_after_complete(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    """A zombie try re-sends a finished part with other bytes: S3 ETags would fail complete-upload, Azure
+    has none to list, so the engine compares the committed size with the source (the one check left)."""
+    emu = files_api_emulator
+    _azure(emu)
+    src = make_file(tmp_path / "src", 15 * MiB + 9, seed=45)
+    dest = f"{VOL}/azure/zombie.bin"
+    sink = MemorySink()
+    first = Uploader(client.upload_target(dest), src, up_opts(parallelism=1), sink=sink)
+    sink.on_save = _cancel_at_half(first, 4)
+    with pytest.raises(Cancelled):
+        first.run()
+    cp = sink.latest
+    assert isinstance(cp, UploadCheckpoint) and 1 in cp.parts
+    zombie = client.upload_target(dest)
+    url = zombie.part_urls(cp.session_token, 1, 1)[1]
+    assert zombie.put_part(url, memoryview(os.urandom(5 * MiB + 4096))) == ""
+    sink.on_save = None
+    with pytest.raises(RemoteChangedError, match="holds 15732745 bytes, not the source's 15728649"):
+        Uploader(client.upload_target(dest), src, up_opts(), sink=sink).run(cp)
+    assert [r.status for r in emu.requests("files.complete_upload")] == [200]
+    assert sink.latest is None  # nothing left to resume
