@@ -93,7 +93,7 @@ def test_sdk_0_156_sends_an_empty_file_chunked(files_api_emulator: FilesApiEmula
 
 @pytest.mark.slow
 def test_large_parallel_roundtrip(
-    files_api_emulator: FilesApiEmulator, sdk_version: str, tmp_path: Path
+    files_api_emulator: FilesApiEmulator, sdk_version: str, tmp_path: Path, cloud: str
 ) -> None:
     emu = files_api_emulator
     size = 300 * MiB + 12345
