@@ -286,6 +286,17 @@ def test_s3_and_gcs_part_urls_bind_the_signed_headers(
     assert ok.status_code == 200
 
 
+def test_configured_part_headers_are_handed_out_and_signed(emu: FilesApiEmulator, api: Api) -> None:
+    pairs = [("content-type", "binary/octet-stream"), ("x-amz-server-side-encryption", "AES256")]
+    emu.update_settings(presigned_part_headers=pairs)
+    path = f"{VOL}/sse.bin"
+    _, url, entry = part_url(api, path)
+    assert entry["headers"] == [{"name": n, "value": v} for n, v in pairs]
+    without_sse = api.anon.put(url, data=payload(100), headers={"Content-Type": "binary/octet-stream"})
+    assert without_sse.status_code == 403 and xml_code(without_sse.text) == "SignatureDoesNotMatch"
+    assert api.anon.put(url, data=payload(100), headers=dict(pairs)).status_code == 200
+
+
 def test_azure_sas_grants_permissions_not_one_method(emu: FilesApiEmulator, api: Api) -> None:
     emu.update_settings(cloud="AZURE")
     data = payload(3000)

@@ -809,7 +809,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             raise bad_request("count must be >= 1")
         expires = _parse_expire_time(body.get("expire_time"), settings.max_url_ttl_s)
         last = min(start + count - 1, settings.max_parts)
-        headers = [{"name": "Content-Type", "value": "application/octet-stream"}]
+        headers = [{"name": str(k), "value": str(v)} for k, v in settings.presigned_part_headers]
         urls = [
             {
                 "part_number": n,
