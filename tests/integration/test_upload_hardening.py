@@ -550,3 +550,23 @@ def test_a_single_shot_over_the_servers_cap_fails_at_once_with_a_clear_error(
         Uploader(client.upload_target(dest), src, opts).run()
     assert [r.status for r in files_api_emulator.requests("files.put")] == [413]
     assert not files_api_emulator.local_path(dest).exists()
+
+
+@pytest.mark.parametrize("cloud", ["AWS", "GCP"])
+def test_part_puts_send_the_signed_headers_exactly_as_handed_out(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path, cloud: str
+) -> None:
+    """S3/GCS part URLs sign the headers returned with them. Ours must replace its own default
+    Content-Type whatever the case of the server's header name, and send every other one."""
+    files_api_emulator.update_settings(
+        cloud=cloud,
+        presigned_part_headers=[
+            ("content-type", "binary/octet-stream"),
+            ("x-amz-server-side-encryption", "AES256"),
+        ],
+    )
+    src = make_file(tmp_path / "src", 11 * MiB, seed=51)
+    dest = f"{VOL}/signed-headers.bin"
+    Uploader(client.upload_target(dest), src, up_opts()).run()
+    assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
+    assert {r.status for r in files_api_emulator.requests("presigned.part")} == {200}
