@@ -733,8 +733,9 @@ class Uploader:
         found = "no file" if remote is None else f"{remote.size} bytes"
         raise RemoteChangedError(
             f"{cp.destination}: complete-upload succeeded but the destination holds {found}, not the "
-            f"source's {cp.source.size} bytes. Its parts carry no ETags (Azure), so one was replaced "
-            "after this upload sent it; check the destination before using it."
+            f"source's {cp.source.size} bytes. Its parts carry no ETags (Azure), so a part replaced "
+            "after this upload sent it could not be refused, or another writer replaced the file; check "
+            "the destination before using it."
         )
 
     def _accept_lost_session(self, cp: UploadCheckpoint, err: SessionLostError) -> None:
