@@ -167,6 +167,19 @@ class ServerClock:
         return server.strftime("%Y-%m-%dT%H:%M:%SZ"), local + ttl_s
 
 
+def _merged(*layers: Mapping[str, str] | Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Headers of several layers; a later layer's header replaces an earlier one of the same name in any
+    case. A presigned URL's signature covers the headers handed out with it, so a default of ours must
+    not go out next to the server's ``content-type`` (two Content-Types: a signature mismatch)."""
+    out: dict[str, str] = {}
+    for layer in layers:
+        for name, value in layer.items() if isinstance(layer, Mapping) else layer:
+            for key in [k for k in out if k.lower() == name.lower()]:
+                del out[key]
+            out[name] = value
+    return out
+
+
 def _retry_after(headers: Mapping[str, str] | Any) -> float | None:
     value = headers.get("Retry-After") if headers is not None else None
     if not value:
@@ -653,7 +666,7 @@ class FilesApiUploadTarget:
         cancel: threading.Event | None = None,
         pace: Pace | None = None,
     ) -> str:
-        headers = {"Content-Type": "application/octet-stream", **dict(url.headers)}
+        headers = _merged({"Content-Type": "application/octet-stream"}, url.headers)
         resp = self.client.http.request("PUT", url.url, headers, body=body, cancel=cancel, pace=pace)
         data = resp.read()
         if resp.status not in (200, 201):
@@ -716,17 +729,17 @@ class FilesApiUploadTarget:
         pace: Pace | None = None,
     ) -> int | None:
         end = offset + len(body) - 1
-        headers = {
-            "Content-Type": "application/octet-stream",
-            **dict(url.headers),
-            "Content-Range": f"bytes {offset}-{end}/{'*' if total is None else total}",
-        }
+        headers = _merged(
+            {"Content-Type": "application/octet-stream"},
+            url.headers,
+            {"Content-Range": f"bytes {offset}-{end}/{'*' if total is None else total}"},
+        )
         resp = self.client.http.request("PUT", url.url, headers, body=body, cancel=cancel, pace=pace)
         return self._resumable_answer(resp, f"resumable chunk of {self._path}")
 
     def query_confirmed(self, url: PresignedUrl) -> int | None:
         resp = self.client.http.request(
-            "PUT", url.url, {**dict(url.headers), "Content-Range": "bytes */*"}, body=b""
+            "PUT", url.url, _merged(url.headers, {"Content-Range": "bytes */*"}), body=b""
         )
         return self._resumable_answer(resp, f"resumable status of {self._path}")
 
@@ -894,9 +907,7 @@ class FilesApiDownloadSource:
             else:
                 headers.pop("If-Match", None)
             if url is not None:
-                resp = self.client.http.request(
-                    "GET", url.url, {**dict(url.headers), **headers}, cancel=cancel
-                )
+                resp = self.client.http.request("GET", url.url, _merged(url.headers, headers), cancel=cancel)
             else:
                 resp = self.client.workspace_request(
                     "GET", f"{FILES}{self._q}", headers=headers, cancel=cancel

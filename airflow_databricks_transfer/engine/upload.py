@@ -27,6 +27,7 @@ from airflow_databricks_transfer.engine.errors import (
     AlreadyExistsError,
     FatalError,
     MultipartUnavailableError,
+    RemoteChangedError,
     RetryBudgetExceeded,
     SessionLostError,
     SourceChangedError,
@@ -697,6 +698,8 @@ class Uploader:
         final = replace(final, phase="completing")
         saver.flush(final)
         self._complete(final)
+        if any(not etag for etag in final.parts.values()):
+            self._check_committed_size(final)
         final_event = tracker.finish()
         self._clear_after(saver)
         return UploadResult(
@@ -722,6 +725,21 @@ class Uploader:
             # A complete whose answer was lost, or a resume after one, finds no session; so does one
             # whose session expired or was aborted. Only a file provably written by it counts.
             self._accept_lost_session(cp, err)
+
+    def _check_committed_size(self, cp: UploadCheckpoint) -> None:
+        """Parts acknowledged without an ETag (an Azure Put Block) were checked by complete-upload for
+        presence only, so a part replaced by another writer of this session (a zombie try) goes unseen
+        there; the committed object's size is what is left to compare with the source."""
+        remote = self._stat()
+        if remote is not None and remote.size == cp.source.size:
+            return
+        found = "no file" if remote is None else f"{remote.size} bytes"
+        raise RemoteChangedError(
+            f"{cp.destination}: complete-upload succeeded but the destination holds {found}, not the "
+            f"source's {cp.source.size} bytes. Its parts carry no ETags (Azure), so a part replaced "
+            "after this upload sent it could not be refused, or another writer replaced the file; check "
+            "the destination before using it."
+        )
 
     def _accept_lost_session(self, cp: UploadCheckpoint, err: SessionLostError) -> None:
         """Return if the remote object is provably this upload's, else raise SessionLostError (restart)."""

@@ -576,3 +576,45 @@ def test_a_parallel_upload_rides_out_the_workspace_request_limit(
         "files.complete_upload",
         "files.head",
     }
+
+
+# ---------------------------------------------------------------- issue #8: strict data plane
+
+
+@pytest.mark.parametrize("size", [2 * MiB, 40 * MiB], ids=["read-whole", "refused-mid-body"])
+def test_a_single_shot_over_the_servers_cap_fails_at_once_with_a_clear_error(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path, size: int
+) -> None:
+    """The server's 413 is final: one PUT, no retries, and the message says what the limit is.
+
+    With a large body the server answers before reading it and closes the connection: the client must
+    still read that answer, not take the closed connection for a network blip to retry.
+    """
+    files_api_emulator.update_settings(single_shot_max_bytes=1 * MiB)
+    src = make_file(tmp_path / "src", size, seed=50)
+    dest = f"{VOL}/too-big.bin"
+    opts = up_opts(multipart_threshold_bytes=1 << 40)  # our limits allow it: only the server refuses
+    with pytest.raises(InvalidRequestError, match=r"HTTP 413.*limited to 1048576 bytes"):
+        Uploader(client.upload_target(dest), src, opts).run()
+    assert [r.status for r in files_api_emulator.requests("files.put")] == [413]
+    assert not files_api_emulator.local_path(dest).exists()
+
+
+@pytest.mark.parametrize("cloud", ["AWS", "GCP"])
+def test_part_puts_send_the_signed_headers_exactly_as_handed_out(
+    client: FilesApiClient, files_api_emulator: FilesApiEmulator, tmp_path: Path, cloud: str
+) -> None:
+    """S3/GCS part URLs sign the headers returned with them. Ours must replace its own default
+    Content-Type whatever the case of the server's header name, and send every other one."""
+    files_api_emulator.update_settings(
+        cloud=cloud,
+        presigned_part_headers=[
+            ("content-type", "binary/octet-stream"),
+            ("x-amz-server-side-encryption", "AES256"),
+        ],
+    )
+    src = make_file(tmp_path / "src", 11 * MiB, seed=51)
+    dest = f"{VOL}/signed-headers.bin"
+    Uploader(client.upload_target(dest), src, up_opts()).run()
+    assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
+    assert {r.status for r in files_api_emulator.requests("presigned.part")} == {200}

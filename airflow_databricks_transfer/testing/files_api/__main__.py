@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=EmulatorSettings.rate_limit_per_s,
         help="API requests started per second before 429 (0: no limit; default %(default)s)",
     )
+    p.add_argument(
+        "--workspace-put-without-length",
+        action="store_true",
+        help="store workspace PUTs sent chunked or without Content-Length (default: refuse with 411)",
+    )
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     return p
 
@@ -101,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         list_order_seed=args.list_order_seed,
         rate_limit_concurrent=args.rate_limit_concurrent,
         rate_limit_per_s=args.rate_limit_per_s,
+        workspace_put_requires_length=not args.workspace_put_without_length,
     )
     args.root.mkdir(parents=True, exist_ok=True)
     server = FilesApiServer(args.host, args.port, args.root, settings)

@@ -110,3 +110,75 @@ def presigned_xml(
         f"<Message>{message}</Message></Error>",
         retry_after_s=retry_after_s,
     )
+
+
+def _azure_xml(code: str, message: str, detail: str | None = None) -> str:
+    extra = f"<AuthenticationErrorDetail>{detail}</AuthenticationErrorDetail>" if detail else ""
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code>'
+        f"<Message>{message}\nRequestId:{uuid.uuid4()}</Message>{extra}</Error>"
+    )
+
+
+def missing_length_error(cloud: str) -> PresignedError:
+    """A PUT to an object store with a chunked body or no Content-Length: every cloud refuses it (411)."""
+    if cloud == "AZURE":
+        return PresignedError(
+            411, _azure_xml("MissingContentLengthHeader", "Content-Length HTTP header is missing.")
+        )
+    return presigned_xml(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
+
+
+def too_large_error(cloud: str, limit: int) -> PresignedError:
+    """A part above the store's size limit: S3 and GCS say EntityTooLarge (400), Azure RequestBodyTooLarge."""
+    if cloud == "AZURE":
+        return PresignedError(
+            413,
+            _azure_xml(
+                "RequestBodyTooLarge",
+                f"The request body is too large and exceeds the maximum permissible limit of {limit} bytes.",
+            ),
+        )
+    return presigned_xml(
+        400, "EntityTooLarge", f"Your proposed upload exceeds the maximum allowed size of {limit} bytes."
+    )
+
+
+def signature_mismatch(cloud: str) -> PresignedError:
+    """What a store says when the signature does not cover this request (method, signed headers, query)."""
+    if cloud == "AZURE":
+        return PresignedError(
+            403,
+            _azure_xml(
+                "AuthenticationFailed",
+                "Server failed to authenticate the request. Make sure the value of Authorization header "
+                "is formed correctly including the signature.",
+                "Signature did not match.",
+            ),
+        )
+    if cloud == "GCP":
+        return presigned_xml(
+            403,
+            "SignatureDoesNotMatch",
+            "The request signature we calculated does not match the signature you provided. "
+            "Check your Google secret key and signing method.",
+        )
+    return signature_error()
+
+
+def permission_mismatch() -> PresignedError:
+    """Azure: the SAS is valid but does not grant the permission this method needs (read, write, delete)."""
+    return PresignedError(
+        403,
+        _azure_xml(
+            "AuthorizationPermissionMismatch",
+            "This request is not authorized to perform this operation using this permission.",
+        ),
+    )
+
+
+def method_not_allowed() -> PresignedError:
+    """A method the store has no operation for on this URL (S3's wording; XML on every cloud)."""
+    return presigned_xml(
+        405, "MethodNotAllowed", "The specified method is not allowed against this resource."
+    )

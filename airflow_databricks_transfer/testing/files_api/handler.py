@@ -33,8 +33,12 @@ from airflow_databricks_transfer.testing.files_api.errors import (
     PresignedError,
     bad_request,
     expired_error,
+    method_not_allowed,
+    missing_length_error,
     not_found,
+    permission_mismatch,
     presigned_xml,
+    too_large_error,
 )
 from airflow_databricks_transfer.testing.files_api.requestlog import LoggedRequest
 from airflow_databricks_transfer.testing.files_api.settings import EmulatorSettings
@@ -64,6 +68,18 @@ class _Dropped(Exception):
     def __init__(self, graceful: bool = False) -> None:
         super().__init__()
         self.graceful = graceful
+
+
+class _BodyTooLarge(Exception):
+    """A body without a declared length went past the route's size cap; reading stopped there."""
+
+
+# Presigned URL bindings. S3/GCS sign one method (and the headers handed out with the URL); an Azure SAS
+# grants permissions: r = GET and HEAD, w = PUT (Put Block), d = DELETE. A resumable session URI (legacy
+# GCS flow) takes PUT for chunks and status queries and DELETE to cancel, so it binds no method.
+_SIGNED_METHOD = {"part": "PUT", "download": "GET", "abort": "DELETE"}
+_SAS_PERMISSIONS = {"part": "w", "download": "r", "abort": "d", "resumable": "wd"}
+_SAS_METHODS = {"r": ("GET", "HEAD"), "w": ("PUT",), "d": ("DELETE",)}
 
 
 def _pipe() -> tuple[int, int]:
@@ -236,6 +252,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         self.dropped = False
         self.body_consumed = False
         self.admitted = False
+        self.linger = False  # answer given before the whole body was read: close gracefully
         logged = not self.raw_path.startswith("/_emulator/")
         if logged:
             self.server.log.begin()
@@ -268,6 +285,8 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         finally:
             if self.admitted:
                 self.server.limiter.release()
+            if self.linger and not self.dropped:
+                self._linger_close()
             if logged:
                 self.server.log.record(
                     LoggedRequest(
@@ -468,13 +487,18 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         self.bytes_in += len(data)
         return data
 
-    def _iter_chunked(self) -> Any:
+    def _iter_chunked(self, cap: int | None = None) -> Any:
+        """The chunks of a chunked body; past ``cap`` bytes it raises before reading the chunk."""
+        total = 0
         while True:
             line = self.rfile.readline(65537)
             try:
                 size = int(line.split(b";")[0].strip(), 16)
             except ValueError:
                 raise bad_request("Malformed chunked body") from None
+            total += size
+            if cap is not None and total > cap:
+                raise _BodyTooLarge()
             if size == 0:
                 while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
                     pass
@@ -499,13 +523,17 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             remaining -= got
         raise _Dropped()
 
-    def _recv_body_to_fd(self, fd: int, offset: int = 0) -> int:
-        """Stream the request body into ``fd`` at ``offset``; returns the number of bytes written."""
+    def _recv_body_to_fd(self, fd: int, offset: int = 0, cap: int | None = None) -> int:
+        """Stream the request body into ``fd`` at ``offset``; returns the number of bytes written.
+
+        ``cap`` bounds a chunked body by the bytes actually received (a declared length is checked by
+        the caller before reading).
+        """
         length = self._request_body_length()
         self.body_consumed = True
         if length is None:
             written = 0
-            for chunk in self._iter_chunked():
+            for chunk in self._iter_chunked(cap):
                 os.pwrite(fd, chunk, offset + written)
                 written += len(chunk)
                 self.bytes_in += len(chunk)
@@ -570,11 +598,11 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             self.bytes_in += n
         return moved
 
-    def _receive_to_temp(self) -> tuple[Any, int]:
+    def _receive_to_temp(self, cap: int | None = None) -> tuple[Any, int]:
         tmp = self.server.store.new_temp()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            n = self._recv_body_to_fd(fd)
+            n = self._recv_body_to_fd(fd, cap=cap)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -708,16 +736,15 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         overwrite = _parse_bool(self.query.get("overwrite"), "overwrite")
         store = self.server.store
         store.check_writable(vp, overwrite)
+        self._require_workspace_length()
         length = self._request_body_length()
-        if length is not None and length > self.server.settings.single_shot_max_bytes:
-            self.close_connection = True
-            raise ApiError(
-                413,
-                "RESOURCE_EXHAUSTED",
-                f"Single-shot uploads are limited to {self.server.settings.single_shot_max_bytes} bytes; "
-                "use a multipart upload.",
-            )
-        tmp, _ = self._receive_to_temp()
+        cap = self.server.settings.single_shot_max_bytes
+        if length is not None and length > cap:
+            raise self._single_shot_too_large(cap)
+        try:
+            tmp, _ = self._receive_to_temp(cap)
+        except _BodyTooLarge:
+            raise self._single_shot_too_large(cap) from None
         store.commit_file(vp, tmp, overwrite)
         self._after_state_change()
         self._send_empty(204)
@@ -879,13 +906,12 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             raise bad_request("count must be >= 1")
         expires = _parse_expire_time(body.get("expire_time"), settings, self._now())
         last = min(start + count - 1, settings.max_parts)
+        headers = [{"name": str(k), "value": str(v)} for k, v in settings.presigned_part_headers]
         urls = [
             {
                 "part_number": n,
-                "url": self.server.signer.url(
-                    self.server.data_plane_url, "part", {"t": session.token, "n": str(n)}, expires
-                ),
-                "headers": [{"name": "Content-Type", "value": "application/octet-stream"}],
+                "url": self._mint("part", {"t": session.token, "n": str(n)}, expires, headers),
+                "headers": headers,
             }
             for n in range(start, last + 1)
         ]
@@ -904,7 +930,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         vp = parse_volume_path(path)
         self.server.store.file_meta(vp)
         expires = _parse_expire_time(self.query.get("expire_time"), settings, self._now())
-        url = self.server.signer.url(self.server.data_plane_url, "download", {"p": vp.normalized}, expires)
+        url = self._mint("download", {"p": vp.normalized}, expires, [])
         self._after_state_change()
         self._send_json(200, {"url": url, "headers": []})
 
@@ -928,7 +954,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         if session.kind != "resumable":
             raise bad_request("This session is not a resumable upload.")
         expires = int(self._now() + self.server.settings.session_ttl_s)
-        url = self.server.signer.url(self.server.data_plane_url, "resumable", {"t": session.token}, expires)
+        url = self._mint("resumable", {"t": session.token}, expires, [])
         self._after_state_change()
         self._send_json(200, {"resumable_upload_url": {"url": url, "headers": []}})
 
@@ -940,7 +966,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         session = self.server.store.session(str(body["session_token"]), str(body["path"]))
         self.vpath = session.path
         expires = _parse_expire_time(body.get("expire_time"), self.server.settings, self._now())
-        url = self.server.signer.url(self.server.data_plane_url, "abort", {"t": session.token}, expires)
+        url = self._mint("abort", {"t": session.token}, expires, [])
         self._after_state_change()
         self._send_json(200, {"abort_upload_url": {"url": url, "headers": []}})
 
@@ -967,7 +993,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         flags = os.O_WRONLY | (os.O_CREAT | os.O_EXCL if slot.where == "file" else 0)
         fd = os.open(slot.path, flags, 0o644)
         try:
-            size = self._recv_body_to_fd(fd, slot.offset)
+            size = self._recv_body_to_fd(fd, slot.offset, self.server.settings.max_part_size_bytes)
         except BaseException:
             store.abandon_part_slot(slot)
             raise
@@ -980,13 +1006,21 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         self._require_proxy_endpoint()
         session = self.server.store.session(self.query["session_token"], self.vpath)
         self.vpath = session.path
-        etag = self._store_part(session.token, self.part_number)
+        self._require_workspace_length()
+        try:
+            etag = self._store_part(session.token, self.part_number)
+        except _BodyTooLarge:
+            self.close_connection = self.linger = True
+            raise bad_request(
+                f"Part exceeds the maximum part size of {self.server.settings.max_part_size_bytes}"
+            ) from None
         self._after_state_change()
         self._send_empty(200, {"ETag": etag})
 
     def _proxy_resumable_put(self) -> None:
         session = self.server.store.session(self.query["session_token"], self.vpath)
         self.vpath = session.path
+        self._require_workspace_length()
         self._resumable_put(session.token)
 
     # ------------------------------------------------------------------ presigned data plane
@@ -994,11 +1028,19 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         self.route = f"presigned.{op}"
         if "Authorization" in self.headers:
             raise presigned_xml(400, "InvalidArgument", "Only one auth mechanism allowed")
-        fields = self.server.signer.verify(op, self.query, self.server.settings.cloud, now=self._now())
+        fields = self.server.signer.verify(
+            op,
+            self.query,
+            self.server.settings.cloud,
+            now=self._now(),
+            method=self.method,
+            headers=self.headers,
+        )
+        self._check_sas_permission(fields)
         store = self.server.store
         if op == "download":
             self.vpath = fields["p"]
-            return self._method({"GET": self._presigned_get, "HEAD": self._presigned_get})
+            return self._presigned_method({"GET": self._presigned_get, "HEAD": self._presigned_get})
         token = fields["t"]
         try:
             session = store.session(token)
@@ -1007,13 +1049,16 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             session = None
         if op == "part":
             self.part_number = int(fields["n"])
-            return self._method({"PUT": lambda: self._presigned_part_put(token)})
+            return self._presigned_method({"PUT": lambda: self._presigned_part_put(token)})
         if op == "resumable":
-            return self._method(
-                {"PUT": lambda: self._resumable_put(token), "DELETE": lambda: self._abort_by_url(token)}
+            return self._presigned_method(
+                {
+                    "PUT": lambda: self._presigned_resumable_put(token),
+                    "DELETE": lambda: self._abort_by_url(token),
+                }
             )
         if op == "abort":
-            return self._method({"DELETE": lambda: self._abort_by_url(token)})
+            return self._presigned_method({"DELETE": lambda: self._abort_by_url(token)})
         raise presigned_xml(404, "NoSuchKey", "Unknown presigned operation")
 
     def _no_such_upload(self) -> PresignedError:
@@ -1021,6 +1066,13 @@ class FilesApiHandler(BaseHTTPRequestHandler):
 
     def _presigned_part_put(self, token: str) -> None:
         assert self.part_number is not None
+        cloud = self.server.settings.cloud
+        self._require_store_length()
+        length = self._request_body_length()
+        limit = self.server.settings.max_part_size_bytes
+        if length is not None and length > limit:
+            self.close_connection = self.linger = True
+            raise too_large_error(cloud, limit)
         try:
             etag = self._store_part(token, self.part_number)
         except ApiError as err:
@@ -1028,7 +1080,7 @@ class FilesApiHandler(BaseHTTPRequestHandler):
                 raise self._no_such_upload() from None
             raise presigned_xml(err.status, "InvalidArgument", err.message) from None
         self._after_state_change()
-        self._send_empty(200, {"ETag": etag})
+        self._send_part_answer(etag)
 
     def _presigned_get(self) -> None:
         try:
@@ -1076,7 +1128,12 @@ class FilesApiHandler(BaseHTTPRequestHandler):
             data = store.resumable_data(token)
             fd = os.open(data, os.O_WRONLY | os.O_CREAT, 0o644)
             try:
-                self._recv_body_to_fd(fd, start)
+                self._recv_body_to_fd(fd, start, end - start + 1)
+            except _BodyTooLarge:
+                self.close_connection = self.linger = True
+                raise presigned_xml(
+                    400, "InvalidArgument", "Content-Range does not match the body length."
+                ) from None
             finally:
                 os.close(fd)
             confirmed = store.resumable_confirmed(token)
@@ -1095,6 +1152,99 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         self._after_state_change()
         headers = {"Range": f"bytes=0-{confirmed - 1}"} if confirmed else {}
         self._send_empty(308, headers, reason="Resume Incomplete")
+
+    # ------------------------------------------------------------------ strict data plane
+    def _has_declared_length(self) -> bool:
+        """A Content-Length header and no chunked encoding: what object stores require on a PUT."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return False
+        return self.headers.get("Content-Length") is not None
+
+    def _refuse_unlengthed(self) -> None:
+        # a chunked body we will not read: close after answering, gracefully so the client sees the answer
+        self.close_connection = True
+        self.linger = self._request_body_length() is None
+
+    def _require_store_length(self) -> None:
+        """Presigned object-store PUTs: S3, GCS and Azure answer 411 to a body without a length."""
+        if not self._has_declared_length():
+            self._refuse_unlengthed()
+            raise missing_length_error(self.server.settings.cloud)
+
+    def _require_workspace_length(self) -> None:
+        """Workspace-host data PUTs: 411 unless the (unverified) kinder reading is configured."""
+        if self.server.settings.workspace_put_requires_length and not self._has_declared_length():
+            self._refuse_unlengthed()
+            raise ApiError(
+                411,
+                "INVALID_PARAMETER_VALUE",
+                "Content-Length is required: send the body with a declared length, not chunked.",
+            )
+
+    def _single_shot_too_large(self, cap: int) -> ApiError:
+        """413, with an error_code no client maps to a retryable throttle (RESOURCE_EXHAUSTED would be)."""
+        self.close_connection = self.linger = True
+        return ApiError(
+            413,
+            "INVALID_PARAMETER_VALUE",
+            f"Single-shot uploads are limited to {cap} bytes; use a multipart upload.",
+        )
+
+    def _linger_close(self) -> None:
+        """After answering before the whole body was read: send FIN, then discard what the client still
+        sends for a moment, so it reads the answer instead of a reset (a lingering close, as httpd does).
+        Nothing read here is stored or counted as received."""
+        self.close_connection = True
+        with contextlib.suppress(OSError, ValueError):
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(0.5)
+            deadline = time.monotonic() + 2.0
+            left = 16 * 1024 * 1024
+            while left > 0 and time.monotonic() < deadline:
+                data = self.connection.recv(min(left, 1 << 16))
+                if not data:
+                    break
+                left -= len(data)
+
+    def _presigned_resumable_put(self, token: str) -> None:
+        self._require_store_length()
+        self._resumable_put(token)
+
+    def _send_part_answer(self, etag: str) -> None:
+        """S3 and GCS (XML API) answer a part with 200 and its quoted ETag; an Azure Put Block with 201
+        and no ETag at all (complete-upload then takes "" for that part)."""
+        if self.server.settings.cloud == "AZURE":
+            self._send_empty(201, {"x-ms-request-server-encrypted": "true"}, reason="Created")
+            return
+        self._send_empty(200, {"ETag": etag})
+
+    def _check_sas_permission(self, fields: dict[str, str]) -> None:
+        """An Azure SAS grants permissions, not one method: refuse a method no granted permission allows."""
+        perms = fields.get("sp")
+        if perms is None:
+            return
+        allowed = {m for p in perms for m in _SAS_METHODS.get(p, ())}
+        if self.method not in allowed:
+            raise permission_mismatch()
+
+    def _presigned_method(self, routes: dict[str, Callable[[], None]]) -> Callable[[], None]:
+        """Like ``_method`` but a storage answer (XML), never the workspace's JSON 405."""
+        fn = routes.get(self.method)
+        if fn is None:
+            raise method_not_allowed()
+        return fn
+
+    def _mint(self, op: str, fields: dict[str, str], expires: int, headers: list[dict[str, str]]) -> str:
+        """A presigned URL bound as the configured cloud binds it (see ``_SIGNED_METHOD``)."""
+        signer, base = self.server.signer, self.server.data_plane_url
+        if self.server.settings.cloud == "AZURE":
+            return signer.url(base, op, {**fields, "sp": _SAS_PERMISSIONS[op]}, expires)
+        method = _SIGNED_METHOD.get(op)
+        if method is None:
+            return signer.url(base, op, fields, expires)
+        signed = {h["name"]: h["value"] for h in headers}
+        return signer.url(base, op, fields, expires, method=method, signed_headers=signed)
 
     # ------------------------------------------------------------------ directories
     def _dir_create(self) -> None:

@@ -77,6 +77,14 @@ class EmulatorSettings:
     rate_limit_per_s: int = 100
     # Retry-After (seconds) sent with those 429s.
     rate_limit_retry_after_s: int = 1
+    # (strict data plane) A workspace-host data PUT (single-shot, storage-proxy part) whose body has no
+    # Content-Length (chunked, or neither header). The real answer is unverified: True (the harder
+    # reading) refuses it with 411, as every object store does; False stores it, and the size caps then
+    # apply to the bytes actually received (413, connection closed, when exceeded).
+    workspace_put_requires_length: bool = True
+    # (strict data plane) The headers create-upload-part-urls hands out with each part URL, as (name,
+    # value) pairs; on AWS and GCP the URL's signature covers them, so a client must send them exactly.
+    presigned_part_headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/octet-stream"),)
 
     def __post_init__(self) -> None:
         if not self.tokens:
