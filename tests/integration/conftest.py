@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
 from airflow_databricks_transfer.testing.files_api.ratelimit import RequestLimiter
+from tests.integration.protocol_api import ALL_DEFAULTS, BASE_SETTINGS, VOLUME, Api
 
 REPO = Path(__file__).resolve().parents[2]
 SDK_VERSIONS = ("0.156.0", "0.162.0")
@@ -148,3 +150,28 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> Non
     while not check():
         assert time.monotonic() < deadline, f"never happened: {what}"
         time.sleep(0.01)
+
+
+# ---------------------------------------------------------------- raw-HTTP protocol tests
+@pytest.fixture(scope="module")
+def shared_emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FilesApiEmulator]:
+    """One emulator per test module (a module may override ``emu`` to start from other settings)."""
+    root = tmp_path_factory.mktemp("files-api") / "root"
+    with FilesApiEmulator(root, volumes=[VOLUME], **BASE_SETTINGS) as emu:
+        yield emu
+
+
+@pytest.fixture
+def emu(shared_emu: FilesApiEmulator) -> FilesApiEmulator:
+    """The module's emulator with default settings, no files, no faults, an empty log and one volume."""
+    shared_emu.update_settings(**ALL_DEFAULTS)
+    shared_emu.reset()
+    shared_emu.create_volume(VOLUME)
+    return shared_emu
+
+
+@pytest.fixture
+def api(emu: FilesApiEmulator) -> Iterator[Api]:
+    client = Api(emu)
+    yield client
+    client.close()

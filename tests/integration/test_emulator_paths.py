@@ -9,18 +9,15 @@ from __future__ import annotations
 import email.utils
 import math
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
-from tests.integration.test_emulator_protocol import (
-    ALL_DEFAULTS,
+from tests.integration.protocol_api import (
     BASE_SETTINGS,
     OMIT,
     VOL,
-    VOLUME,
     Api,
     error_code,
     expire_in,
@@ -32,28 +29,6 @@ from tests.integration.test_emulator_protocol import (
 pytestmark = pytest.mark.integration
 
 HOUR = 3600
-
-
-@pytest.fixture(scope="module")
-def shared_emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FilesApiEmulator]:
-    root = tmp_path_factory.mktemp("files-api-paths") / "root"
-    with FilesApiEmulator(root, volumes=[VOLUME], **BASE_SETTINGS) as emu:
-        yield emu
-
-
-@pytest.fixture
-def emu(shared_emu: FilesApiEmulator) -> FilesApiEmulator:
-    shared_emu.update_settings(**ALL_DEFAULTS)
-    shared_emu.reset()
-    shared_emu.create_volume(VOLUME)
-    return shared_emu
-
-
-@pytest.fixture
-def api(emu: FilesApiEmulator) -> Iterator[Api]:
-    client = Api(emu)
-    yield client
-    client.close()
 
 
 def abort_url_resp(api: Api, path: str, token: str, expire_time: str) -> Any:

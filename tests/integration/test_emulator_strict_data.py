@@ -20,13 +20,10 @@ from urllib.request import urlopen
 import pytest
 
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
-from tests.integration.test_emulator_protocol import (
-    ALL_DEFAULTS,
-    BASE_SETTINGS,
+from tests.integration.protocol_api import (
     MIN_PART,
     TOKEN,
     VOL,
-    VOLUME,
     Api,
     KiB,
     error_code,
@@ -41,29 +38,6 @@ pytestmark = pytest.mark.integration
 
 CLOUDS = ["AWS", "AZURE", "GCP"]
 OCTET = {"Content-Type": "application/octet-stream"}
-
-
-@pytest.fixture(scope="module")
-def strict_emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FilesApiEmulator]:
-    root = tmp_path_factory.mktemp("files-api-strict") / "root"
-    with FilesApiEmulator(root, volumes=[VOLUME], **BASE_SETTINGS) as emu:
-        yield emu
-
-
-@pytest.fixture
-def emu(strict_emu: FilesApiEmulator) -> FilesApiEmulator:
-    """The module's emulator with default settings, no files, no faults, an empty log and one volume."""
-    strict_emu.update_settings(**ALL_DEFAULTS)
-    strict_emu.reset()
-    strict_emu.create_volume(VOLUME)
-    return strict_emu
-
-
-@pytest.fixture
-def api(emu: FilesApiEmulator) -> Iterator[Api]:
-    client = Api(emu)
-    yield client
-    client.close()
 
 
 @pytest.fixture(params=CLOUDS)

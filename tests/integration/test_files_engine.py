@@ -396,19 +396,27 @@ def test_resume_after_the_session_expired_starts_clean(
     assert sha256_file(files_api_emulator.local_path(dest)) == sha256_file(src)
 
 
-@pytest.mark.slow
-def test_killed_process_resumes_sending_only_missing_parts(
-    files_api_emulator: FilesApiEmulator, tmp_path: Path
-) -> None:
-    """SIGKILL an uploading process at about half; a second run from its last checkpoint finishes."""
-    emu = files_api_emulator
-    part, parallelism = 5 * MiB, 3
-    src = make_file(tmp_path / "src", 30 * part + 123, seed=17)
-    dest = f"{VOL}/killed.bin"
+def kill_mid_upload_and_resume(
+    emu: FilesApiEmulator,
+    tmp_path: Path,
+    dest: str,
+    *,
+    parts: int,
+    part: int,
+    parallelism: int,
+    kill_at: int,
+    rate: int,
+    seed: int,
+) -> tuple[Path, UploadCheckpoint, dict[int, int], dict[str, Any]]:
+    """SIGKILL an uploading process once its file checkpoint lists ``kill_at`` parts, then run it again
+    from that checkpoint; returns the source, the checkpoint at the kill, the bytes per part received
+    before the second run, and the second run's result."""
+    src = make_file(tmp_path / "src", parts * part + 123, seed=seed)
     ckpt = tmp_path / "upload.ckpt.json"
+    driver = str(Path(__file__).with_name("engine_driver.py"))
     args = [
         sys.executable,
-        str(Path(__file__).with_name("engine_driver.py")),
+        driver,
         emu.url,
         emu.token,
         str(src),
@@ -416,28 +424,38 @@ def test_killed_process_resumes_sending_only_missing_parts(
         str(ckpt),
         str(part),
         str(parallelism),
-        str(40 * MiB),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*args, str(rate)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     sink = FileCheckpointSink(ckpt, UploadCheckpoint)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
             cp = sink.load()
-            if cp is not None and len(cp.parts) >= 15:
+            if cp is not None and len(cp.parts) >= kill_at:
                 break
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     killed_at = sink.load()
-    assert killed_at is not None and 15 <= len(killed_at.parts) < 31
+    assert killed_at is not None and kill_at <= len(killed_at.parts) <= parts
     sent_before = dict(emu.part_bytes(dest))
-    second = subprocess.run(
-        [*args[:-1], "0"], env=env, capture_output=True, text=True, timeout=120, check=True
+    second = subprocess.run([*args, "0"], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert not ckpt.exists()
+    return src, killed_at, sent_before, json.loads(second.stdout)
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_sending_only_missing_parts(
+    files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    """SIGKILL an uploading process at about half; a second run from its last checkpoint finishes."""
+    emu = files_api_emulator
+    part, parallelism, dest = 5 * MiB, 3, f"{VOL}/killed.bin"
+    src, killed_at, sent_before, result = kill_mid_upload_and_resume(
+        emu, tmp_path, dest, parts=30, part=part, parallelism=parallelism, kill_at=15, rate=40 * MiB, seed=17
     )
-    result = json.loads(second.stdout)
     assert sha256_file(emu.local_path(dest)) == sha256_file(src)
     assert result["parts_resumed"] == len(killed_at.parts)
     sent_after = emu.part_bytes(dest)
@@ -446,7 +464,6 @@ def test_killed_process_resumes_sending_only_missing_parts(
     # parts finished after the last checkpoint write, or in flight at the kill, may go twice
     total_resent = sum(sent_after.values()) - src.stat().st_size
     assert total_resent <= parallelism * part + part
-    assert not ckpt.exists()
 
 
 # ---------------------------------------------------------------- download faults and resume
@@ -906,50 +923,17 @@ def test_azure_killed_process_resumes_with_blank_etags(
     """SIGKILL an Azure upload mid-way; the next run resumes from the file checkpoint's blank ETags."""
     emu = files_api_emulator
     _azure(emu)
-    part, parallelism = 5 * MiB, 2
-    src = make_file(tmp_path / "src", 10 * part + 77, seed=43)
     dest = f"{VOL}/azure/killed.bin"
-    ckpt = tmp_path / "upload.ckpt.json"
-    args = [
-        sys.executable,
-        str(Path(__file__).with_name("engine_driver.py")),
-        emu.url,
-        emu.token,
-        str(src),
-        dest,
-        str(ckpt),
-        str(part),
-        str(parallelism),
-        str(20 * MiB),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    sink = FileCheckpointSink(ckpt, UploadCheckpoint)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            cp = sink.load()
-            if cp is not None and len(cp.parts) >= 4:
-                break
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    killed_at = sink.load()
-    assert killed_at is not None and 4 <= len(killed_at.parts) < 11
-    assert set(killed_at.parts.values()) == {""}
-    sent_before = dict(emu.part_bytes(dest))
-    second = subprocess.run(
-        [*args[:-1], "0"], env=env, capture_output=True, text=True, timeout=120, check=True
+    src, killed_at, sent_before, result = kill_mid_upload_and_resume(
+        emu, tmp_path, dest, parts=10, part=5 * MiB, parallelism=2, kill_at=4, rate=20 * MiB, seed=43
     )
-    result = json.loads(second.stdout)
+    assert set(killed_at.parts.values()) == {""}
     assert sha256_file(emu.local_path(dest)) == sha256_file(src)
     assert result["parts_resumed"] == len(killed_at.parts)
     sent_after = emu.part_bytes(dest)
     assert all(sent_after[n] == sent_before[n] for n in killed_at.parts), "checkpointed parts went again"
     complete = emu.requests("files.complete_upload")
     assert [r.status for r in complete] == [200]
-    assert not ckpt.exists()
 
 
 def test_azure_resume_after_the_session_expired_starts_clean(
