@@ -72,15 +72,20 @@ DIRS = "/api/2.0/fs/directories"
 _PRESIGNED_DISABLED = "FILES_API_API_IS_NOT_ENABLED"
 
 
-def _date_s(resp: Response) -> int | None:
-    """The answer's ``Date`` header as whole epoch seconds (the server's clock), or None."""
-    value = resp.headers.get("Date")
+def _http_date(value: str | None) -> float | None:
+    """An HTTP-date header value as epoch seconds, or None when absent or malformed."""
     if not value:
         return None
     try:
-        return int(email.utils.parsedate_to_datetime(value).timestamp())
+        return email.utils.parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError):
         return None
+
+
+def _date_s(resp: Response) -> int | None:
+    """The answer's ``Date`` header as whole epoch seconds (the server's clock), or None."""
+    value = _http_date(resp.headers.get("Date"))
+    return None if value is None else int(value)
 
 
 _MAX_NAME_BYTES = 255
@@ -147,11 +152,8 @@ class ServerClock:
             return self._skew_s or 0.0
 
     def observe(self, date: str | None, sent_at: float, received_at: float) -> None:
-        if not date:
-            return
-        try:
-            server_s = email.utils.parsedate_to_datetime(date).timestamp()
-        except (TypeError, ValueError, IndexError):
+        server_s = _http_date(date)
+        if server_s is None:
             return
         low, high = server_s - received_at, server_s + 1 - sent_at
         with self._lock:
