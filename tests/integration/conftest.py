@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from airflow_databricks_transfer.clients.files_api import FilesApiClient, FilesApiDownloadSource, _RangeReader
+from airflow_databricks_transfer.engine.checkpoint import RemoteVersion
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
 from airflow_databricks_transfer.testing.files_api.ratelimit import RequestLimiter
 from tests.integration.protocol_api import ALL_DEFAULTS, BASE_SETTINGS, VOLUME, Api
@@ -175,3 +178,21 @@ def api(emu: FilesApiEmulator) -> Iterator[Api]:
     client = Api(emu)
     yield client
     client.close()
+
+
+# ---------------------------------------------------------------- acting at a precise point of a download
+class SteppedSource(FilesApiDownloadSource):
+    """The real client, with an action run just before its n-th ranged GET (a precise moment of the
+    transfer, where a checkpoint callback would race the workers)."""
+
+    def __init__(self, client: FilesApiClient, path: str, before: dict[int, Callable[[], object]]) -> None:
+        super().__init__(client, path)
+        self.before, self.calls = before, 0
+
+    def open_range(
+        self, start: int, length: int, pinned: RemoteVersion, *, cancel: threading.Event | None = None
+    ) -> _RangeReader:
+        self.calls += 1
+        if self.calls in self.before:
+            self.before[self.calls]()
+        return super().open_range(start, length, pinned, cancel=cancel)

@@ -20,8 +20,8 @@ import pytest
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.core import Config
 
-from airflow_databricks_transfer.clients.files_api import FilesApiClient, FilesApiDownloadSource, _RangeReader
-from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, RemoteVersion
+from airflow_databricks_transfer.clients.files_api import FilesApiClient
+from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint
 from airflow_databricks_transfer.engine.download import Downloader, DownloadOptions, temp_path_for
 from airflow_databricks_transfer.engine.errors import (
     ChecksumMismatchError,
@@ -30,7 +30,14 @@ from airflow_databricks_transfer.engine.errors import (
 )
 from airflow_databricks_transfer.engine.retry import Cancelled, RetryPolicy
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
-from tests.integration.conftest import MiB, frozen_request_window, sha256_file, throttled, wait_for
+from tests.integration.conftest import (
+    MiB,
+    SteppedSource,
+    frozen_request_window,
+    sha256_file,
+    throttled,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -67,23 +74,6 @@ def client(files_api_emulator: FilesApiEmulator) -> Iterator[FilesApiClient]:
 
 def opts(**kw: Any) -> DownloadOptions:
     return DownloadOptions(**{"chunk_size_bytes": CHUNK, "parallelism": 1, "retry": FAST_RETRY, **kw})
-
-
-class SteppedSource(FilesApiDownloadSource):
-    """The real client, with an action run just before its n-th ranged GET (a precise moment of the
-    transfer, where a checkpoint callback would race the workers)."""
-
-    def __init__(self, client: FilesApiClient, path: str, before: dict[int, Callable[[], None]]) -> None:
-        super().__init__(client, path)
-        self.before, self.calls = before, 0
-
-    def open_range(
-        self, start: int, length: int, pinned: RemoteVersion, *, cancel: threading.Event | None = None
-    ) -> _RangeReader:
-        self.calls += 1
-        if self.calls in self.before:
-            self.before[self.calls]()
-        return super().open_range(start, length, pinned, cancel=cancel)
 
 
 def served(emu: FilesApiEmulator) -> int:

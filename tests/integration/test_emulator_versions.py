@@ -14,20 +14,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from airflow_databricks_transfer.clients.files_api import FilesApiClient, FilesApiDownloadSource, _RangeReader
+from airflow_databricks_transfer.clients.files_api import FilesApiClient, FilesApiDownloadSource
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, RemoteVersion
 from airflow_databricks_transfer.engine.download import Downloader, DownloadOptions
 from airflow_databricks_transfer.engine.errors import RemoteChangedError, RetryBudgetExceeded
 from airflow_databricks_transfer.engine.retry import Cancelled, RetryPolicy
 from airflow_databricks_transfer.testing.files_api import EmulatorSettings, FilesApiEmulator
-from tests.integration.conftest import REPO, MiB
+from tests.integration.conftest import REPO, MiB, SteppedSource
 from tests.integration.test_files_engine import MemorySink, workspace
 
 pytestmark = pytest.mark.integration
@@ -221,22 +221,6 @@ def test_cli_flags(tmp_path: Path, flags: list[str]) -> None:
 
 
 # ================================================================ client: never splice two versions
-
-
-class SteppedSource(FilesApiDownloadSource):
-    """The real client, with an action run just before its n-th ranged GET."""
-
-    def __init__(self, client: FilesApiClient, path: str, before: dict[int, Callable[[], None]]) -> None:
-        super().__init__(client, path)
-        self.before, self.calls = before, 0
-
-    def open_range(
-        self, start: int, length: int, pinned: RemoteVersion, *, cancel: threading.Event | None = None
-    ) -> _RangeReader:
-        self.calls += 1
-        if self.calls in self.before:
-            self.before[self.calls]()
-        return super().open_range(start, length, pinned, cancel=cancel)
 
 
 def opts(**kw: Any) -> DownloadOptions:

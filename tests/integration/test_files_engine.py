@@ -41,7 +41,7 @@ from airflow_databricks_transfer.engine.retry import Cancelled, RetryPolicy
 from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
 from airflow_databricks_transfer.testing.files_api.state import parse_volume_path
-from tests.integration.conftest import REPO, MiB, make_file, sha256_file
+from tests.integration.conftest import REPO, MiB, SteppedSource, make_file, sha256_file
 
 pytestmark = pytest.mark.integration
 
@@ -527,19 +527,10 @@ def test_remote_change_mid_download_restarts_and_never_splices(
     path = f"{VOL}/moving.bin"
     emu = files_api_emulator
     emu.seed(files=[{"path": path, "size": 10 * MiB, "seed": 20}])
-    source = client.download_source(path)
-    open_range = source.open_range
-    opened = 0
-
-    def replace_before_the_second_range(*args: Any, **kwargs: Any) -> Any:
-        # on the data path, not from the asynchronous checkpoint saver (which may run too late)
-        nonlocal opened
-        opened += 1
-        if opened == 2:
-            emu.seed(files=[{"path": path, "size": 10 * MiB, "seed": 21}])  # a new version, same size
-        return open_range(*args, **kwargs)
-
-    source.open_range = replace_before_the_second_range  # type: ignore[method-assign]
+    # before the second ranged GET, on the data path: the asynchronous checkpoint saver may act too late
+    source = SteppedSource(
+        client, path, {2: lambda: emu.seed(files=[{"path": path, "size": 10 * MiB, "seed": 21}])}
+    )  # a new version, same size
     out = tmp_path / "out.bin"
     result = Downloader(source, out, down_opts(parallelism=1)).run()
     assert result.restarted_reason is not None and "changed" in result.restarted_reason

@@ -22,6 +22,7 @@ from tests.integration.conftest import (
     throttled,
     wait_for,
 )
+from tests.integration.protocol_api import serve_storage_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -365,17 +366,7 @@ def test_storage_proxy_multipart_via_endpoint_discovery(
     files_api_emulator: FilesApiEmulator, tmp_path: Path
 ) -> None:
     emu = files_api_emulator
-    emu.update_settings(
-        endpoints=[
-            {
-                "api": "FILES_API",
-                "api_version": "2.0",
-                "scheme": "http",
-                "hostname": f"127.0.0.1:{emu.port}",
-                "multipart_upload_supported": True,
-            }
-        ]
-    )
+    serve_storage_proxy(emu)
     path = f"{VOL}/proxy/f.bin"
     src = make_file(tmp_path / "f", 11 * MiB, seed=6)
     results = run_sdk(
