@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -28,6 +28,8 @@ DRIVER = Path(__file__).with_name("sdk_driver.py")
 MiB = 1024 * 1024
 
 SdkRun = Callable[..., list[Any]]
+
+T = TypeVar("T")
 
 
 def sdk_path(version: str) -> Path:
@@ -145,6 +147,34 @@ def frozen_request_window(emu: Any) -> Iterator[None]:
 def throttled(emu: Any, route: str | None = None) -> int:
     """How many API requests (on ``route``, if given) the emulator answered 429."""
     return sum(1 for r in emu.requests(route) if r.status == 429)
+
+
+def through_frozen_window(
+    emu: Any, call: Callable[[], T], *, enough: int, route: str | None = None, timeout: float = 120.0
+) -> T:
+    """Run ``call`` while the emulator refuses every API request past its per-second limit (see
+    ``frozen_request_window``); once ``enough`` requests (on ``route``) were answered 429, the limit is
+    lifted, as when the workspace's other clients go quiet. Returns what ``call`` returned, or raises
+    what it raised; a call that never ends fails the test."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as err:  # noqa: BLE001 - re-raised below, in the test's thread
+            outcome.append(err)
+
+    with frozen_request_window(emu):
+        worker = threading.Thread(target=run)
+        worker.start()
+        wait_for(lambda: throttled(emu, route) >= enough or not worker.is_alive(), "429s or an end", timeout)
+        emu.update_settings(rate_limit_per_s=100)
+        worker.join(timeout)
+    assert not worker.is_alive(), "the call did not end once the limit was lifted"
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    result: T = outcome[0]
+    return result
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:

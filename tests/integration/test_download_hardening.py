@@ -10,7 +10,6 @@ import hashlib
 import logging
 import os
 import random
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -33,10 +32,9 @@ from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
 from tests.integration.conftest import (
     MiB,
     SteppedSource,
-    frozen_request_window,
     sha256_file,
     throttled,
-    wait_for,
+    through_frozen_window,
 )
 
 pytestmark = pytest.mark.integration
@@ -340,22 +338,12 @@ def test_a_parallel_direct_download_rides_out_the_workspace_request_limit(
     emu.seed(files=[{"path": path, "size": 8 * MiB, "seed": 51}])
     emu.update_settings(presigned_enabled=False, rate_limit_per_s=3, rate_limit_retry_after_s=0)
     out = tmp_path / "out.bin"
-    outcome: list[Any] = []
-
-    def download() -> None:
-        try:
-            outcome.append(Downloader(client.download_source(path), out, opts(parallelism=4)).run())
-        except Exception as err:  # noqa: BLE001 - reported by the assertion below
-            outcome.append(err)
-
     enough = 4 * FAST_RETRY.max_attempts + 1  # more than every worker's attempts
-    with frozen_request_window(emu):
-        worker = threading.Thread(target=download)
-        worker.start()
-        wait_for(lambda: throttled(emu, "files.get") >= enough or not worker.is_alive(), "429s or an end")
-        emu.update_settings(rate_limit_per_s=100)  # the other clients went quiet
-        worker.join(120)
-    assert not worker.is_alive()
-    assert not isinstance(outcome[0], Exception), outcome[0]
+    through_frozen_window(
+        emu,
+        lambda: Downloader(client.download_source(path), out, opts(parallelism=4)).run(),
+        enough=enough,
+        route="files.get",
+    )
     assert sha256_file(out) == sha256_file(emu.local_path(path))
     assert throttled(emu, "files.get") >= enough  # the request log shows the download was throttled

@@ -6,7 +6,6 @@ same wire protocol. Every transfer is checked byte for byte (SHA-256) and by wha
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,11 @@ import pytest
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
 from tests.integration.conftest import (
     MiB,
-    frozen_request_window,
     make_file,
     run_sdk,
     sha256_file,
     throttled,
-    wait_for,
+    through_frozen_window,
 )
 from tests.integration.protocol_api import serve_storage_proxy
 
@@ -431,22 +429,13 @@ def test_the_workspace_request_limit_is_ridden_out(
         {"op": "list", "path": f"{VOL}/limited"},
         {"op": "download", "path": path, "dst": str(tmp_path / "d.bin"), "mode": "parallel"},
     ]
-    outcome: list[Any] = []
-
-    def sdk() -> None:
-        try:
-            outcome.append(run_sdk(sdk_version, emu.url, emu.token, ops, config=SMALL_MULTIPART))
-        except BaseException as err:  # noqa: BLE001 - pytest.fail raises Failed, a BaseException
-            outcome.append(err)
-
-    with frozen_request_window(emu):
-        worker = threading.Thread(target=sdk)
-        worker.start()
-        wait_for(lambda: throttled(emu) >= 3 or not worker.is_alive(), "429s or an end", timeout=120)
-        emu.update_settings(rate_limit_per_s=100)
-        worker.join(300)
-    assert not worker.is_alive()
-    assert outcome[0] == [
+    results = through_frozen_window(
+        emu,
+        lambda: run_sdk(sdk_version, emu.url, emu.token, ops, config=SMALL_MULTIPART),
+        enough=3,
+        timeout=300,
+    )
+    assert results == [
         "ok",
         [{"name": "f.bin", "path": path, "is_directory": None, "file_size": 6 * MiB}],
         "ok",

@@ -9,13 +9,14 @@ import threading
 from typing import Any
 
 import pytest
+from airflow.sdk import PokeReturnValue
 
 from airflow_databricks_transfer.engine.retry import RetryPolicy
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook, find_matches, split_glob
 from airflow_databricks_transfer.sensors.files import DatabricksVolumeFileSensor
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
 from airflow_databricks_transfer.triggers.files import DatabricksVolumeFileTrigger
-from tests.integration.conftest import DictStore, frozen_request_window, throttled, wait_for
+from tests.integration.conftest import DictStore, throttled, through_frozen_window
 
 pytestmark = pytest.mark.integration
 VOL = "/Volumes/main/default/landing"
@@ -127,24 +128,9 @@ def test_poke_pages_through_an_arbitrary_order_and_rides_out_the_request_limit(
     )
     emu.update_settings(list_page_size_max=2, rate_limit_per_s=1, rate_limit_retry_after_s=0)
     sensor = DatabricksVolumeFileSensor(task_id="s", path=f"{VOL}/many/*.csv", databricks_conn_id=conn)
-    outcome: list[Any] = []
-
-    def poke() -> None:
-        try:
-            outcome.append(sensor.poke({}))
-        except Exception as err:  # noqa: BLE001 - reported by the assertion below
-            outcome.append(err)
-
     enough = RetryPolicy().max_attempts + 1
-    with frozen_request_window(emu):
-        worker = threading.Thread(target=poke)
-        worker.start()
-        wait_for(lambda: throttled(emu) >= enough or not worker.is_alive(), "429s or an end")
-        emu.update_settings(rate_limit_per_s=100)
-        worker.join(60)
-    assert not worker.is_alive()
-    assert not isinstance(outcome[0], Exception), outcome[0]
-    assert outcome[0].is_done
-    assert outcome[0].xcom_value == {f"{VOL}/many/a.csv": 4, f"{VOL}/many/b.csv": 0, f"{VOL}/many/d.csv": 9}
+    poked = through_frozen_window(emu, lambda: sensor.poke({}), enough=enough)
+    assert isinstance(poked, PokeReturnValue) and poked.is_done
+    assert poked.xcom_value == {f"{VOL}/many/a.csv": 4, f"{VOL}/many/b.csv": 0, f"{VOL}/many/d.csv": 9}
     assert throttled(emu, "directories.get") >= enough
     assert len([r for r in emu.requests("directories.get") if r.status == 200]) == 3  # three pages

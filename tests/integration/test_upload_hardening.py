@@ -27,7 +27,7 @@ from airflow_databricks_transfer.engine.retry import Cancelled, RetryPolicy
 from airflow_databricks_transfer.engine.saver import CoalescingSaver
 from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
-from tests.integration.conftest import MiB, frozen_request_window, make_file, sha256_file, throttled, wait_for
+from tests.integration.conftest import MiB, make_file, sha256_file, throttled, through_frozen_window
 from tests.integration.test_files_engine import FAST_RETRY, MemorySink, down_opts, up_opts, workspace
 
 pytestmark = pytest.mark.integration
@@ -550,24 +550,13 @@ def test_a_parallel_upload_rides_out_the_workspace_request_limit(
     src = make_file(tmp_path / "src.bin", 16 * MiB + 3, seed=61)
     dest = f"{VOL}/limited/src.bin"
     emu.update_settings(rate_limit_per_s=1, rate_limit_retry_after_s=0)
-    outcome: list[Any] = []
-
-    def upload() -> None:
-        try:
-            outcome.append(Uploader(client.upload_target(dest), src, up_opts(), sink=MemorySink()).run())
-        except Exception as err:  # noqa: BLE001 - reported by the assertion below
-            outcome.append(err)
-
     enough = 3 * FAST_RETRY.max_attempts + 1
-    with frozen_request_window(emu):
-        worker = threading.Thread(target=upload)
-        worker.start()
-        wait_for(lambda: throttled(emu) >= enough or not worker.is_alive(), "429s or an end")
-        emu.update_settings(rate_limit_per_s=100)
-        worker.join(120)
-    assert not worker.is_alive()
-    assert not isinstance(outcome[0], Exception), outcome[0]
-    assert outcome[0].mode == "multipart"
+    result = through_frozen_window(
+        emu,
+        lambda: Uploader(client.upload_target(dest), src, up_opts(), sink=MemorySink()).run(),
+        enough=enough,
+    )
+    assert result.mode == "multipart"
     assert sha256_file(emu.local_path(dest)) == sha256_file(src)
     assert throttled(emu) >= enough
     assert {r.route for r in emu.requests() if r.status == 429} <= {
