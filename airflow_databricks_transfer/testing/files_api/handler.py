@@ -761,7 +761,9 @@ class FilesApiHandler(BaseHTTPRequestHandler):
 
     def _serve_file(self, meta: FileMeta, f: Any, presigned: bool) -> None:
         meta = self._on_server_clock(meta)
-        failure = self._precondition_failure(meta, honour_if_match=presigned or self._files_api_etag())
+        failure = self._precondition_failure(
+            meta, honour_if_match=presigned or self.server.settings.files_api_etag
+        )
         if failure:
             if presigned:
                 raise presigned_xml(412, "PreconditionFailed", failure)
@@ -816,10 +818,6 @@ class FilesApiHandler(BaseHTTPRequestHandler):
         fault = self.fault
         if fault is not None and fault.phase == "after" and fault.status is not None:
             raise self._fault_error(fault)
-
-    def _files_api_etag(self) -> bool:
-        """Whether the workspace's own file GET/HEAD use ETags (presigned storage always does)."""
-        return self.server.settings.files_api_etag
 
     def _precondition_failure(self, meta: FileMeta, honour_if_match: bool = True) -> str | None:
         if_match = self.headers.get("If-Match")

@@ -48,14 +48,13 @@ class EmulatorSettings:
     # Move request bodies socket -> pipe -> file with splice(2) where the platform has it.
     use_splice: bool = True
     default_catalogs: tuple[str, ...] = field(default=("main",))
-    # (versions) False (default, the real 1 s resolution): a write is stamped with the second it happens,
+    # False (default, the real 1 s resolution): a write is stamped with the second it happens,
     # so a rewrite within one second keeps the Last-Modified, and If-Unmodified-Since cannot see it.
     # True (kind): every write of a path lands in a later second than the version it replaces.
     last_modified_bump: bool = False
-    # (versions) Test knob: None = real time; a Unix time = the server's clock stands still there for the
+    # Test knob: None = real time; a Unix time = the server's clock stands still there for the
     # Date header and Last-Modified stamps, so any number of writes fall in one second on demand.
     frozen_clock_s: float | None = None
-    # --- clock and expire_time (issue #8 item 7) ---
     # The server's clock = real time + this many whole seconds: used for expire_time and presigned-URL
     # expiry checks, Last-Modified (and listing last_modified) and the Date header, so a test can put
     # the client's clock ahead of (negative) or behind (positive) the server's. Whole seconds keep the
@@ -66,7 +65,6 @@ class EmulatorSettings:
     # the SDK's form) and later than the server's now, else 400 INVALID_PARAMETER_VALUE. False: missing
     # means now + 1 h, any ISO 8601 form is read, and a past time mints an already-expired URL.
     expire_time_strict: bool = True
-    # --- listings and rate limits (issue 8, items 5 and 6) ---
     # Order of directory listings: the real one is unspecified, so "arbitrary" (a seeded hash of the
     # directory and name, stable across the pages of one listing); "sorted" by name is for humans.
     list_order: ListOrder = "arbitrary"
@@ -77,12 +75,12 @@ class EmulatorSettings:
     rate_limit_per_s: int = 100
     # Retry-After (seconds) sent with those 429s.
     rate_limit_retry_after_s: int = 1
-    # (strict data plane) A workspace-host data PUT (single-shot, storage-proxy part) whose body has no
+    # A workspace-host data PUT (single-shot, storage-proxy part) whose body has no
     # Content-Length (chunked, or neither header). The real answer is unverified: True (the harder
     # reading) refuses it with 411, as every object store does; False stores it, and the size caps then
     # apply to the bytes actually received (413, connection closed, when exceeded).
     workspace_put_requires_length: bool = True
-    # (strict data plane) The headers create-upload-part-urls hands out with each part URL, as (name,
+    # The headers create-upload-part-urls hands out with each part URL, as (name,
     # value) pairs; on AWS and GCP the URL's signature covers them, so a client must send them exactly.
     presigned_part_headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/octet-stream"),)
 
@@ -101,9 +99,6 @@ class EmulatorSettings:
             raise ValueError("lifetimes must be positive")
         if isinstance(self.clock_offset_s, bool) or not isinstance(self.clock_offset_s, int):
             raise ValueError("clock_offset_s must be a whole number of seconds")
-        self._check_listing_and_limits()
-
-    def _check_listing_and_limits(self) -> None:
         if self.list_order not in ("arbitrary", "sorted"):
             raise ValueError("list_order must be 'arbitrary' or 'sorted'")
         if self.rate_limit_concurrent < 0 or self.rate_limit_per_s < 0 or self.rate_limit_retry_after_s < 0:
@@ -122,6 +117,10 @@ class EmulatorSettings:
             coerced["endpoints"] = tuple(coerced["endpoints"])
         if "default_catalogs" in coerced:
             coerced["default_catalogs"] = tuple(coerced["default_catalogs"])
+        if "presigned_part_headers" in coerced:  # JSON from the control plane: a list of [name, value]
+            coerced["presigned_part_headers"] = tuple(
+                (str(name), str(value)) for name, value in coerced["presigned_part_headers"]
+            )
         return replace(self, **coerced)
 
     def public(self) -> dict[str, Any]:
