@@ -18,6 +18,7 @@ Airflow glue never look at HTTP status codes or SDK exception classes.
         ├── RemoteChangedError     the remote object changed under a download (ETag/Last-Modified)
         ├── SourceChangedError     the local source changed during or between tries
         ├── ChecksumMismatchError  the downloaded bytes are not the expected SHA-256
+        ├── VerificationError      the downloaded file fails a check (size, Content-MD5, format)
         ├── CheckpointError        a checkpoint that is corrupt, foreign or from the future
         ├── InsufficientSpaceError the local disk is full
         ├── MultipartUnavailableError the workspace offers no multipart/presigned upload here
@@ -89,6 +90,10 @@ class SourceChangedError(FatalError):
 
 class ChecksumMismatchError(FatalError):
     """The downloaded bytes do not have the SHA-256 the caller expected; fetching again cannot help."""
+
+
+class VerificationError(FatalError):
+    """The finished file failed a check (size, Content-MD5, a format verifier); the partial is deleted."""
 
 
 class CheckpointError(FatalError):
