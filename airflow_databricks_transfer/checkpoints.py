@@ -55,8 +55,8 @@ class TaskCheckpointStore:
             return None
         return self._store.get(self.key)
 
-    def load_upload(self) -> tuple[UploadCheckpoint | None, str | None]:
-        """The stored upload checkpoint, or (None, why it was discarded)."""
+    def load_upload(self, kind: str = "files_api.upload") -> tuple[UploadCheckpoint | None, str | None]:
+        """The stored upload checkpoint of ``kind``, or (None, why it was discarded)."""
         head = self._raw()
         if head is None:
             return None, None
@@ -65,10 +65,8 @@ class TaskCheckpointStore:
                 raise CheckpointError("checkpoint is not a JSON object")
             if head.get("schema") != SCHEMA:
                 raise CheckpointError(f"not a checkpoint of this package (schema {head.get('schema')!r})")
-            if head.get("kind") != UploadCheckpoint.kind:
-                raise CheckpointError(
-                    f"checkpoint is a {head.get('kind')!r}, expected {UploadCheckpoint.kind!r}"
-                )
+            if head.get("kind") != kind:
+                raise CheckpointError(f"checkpoint is a {head.get('kind')!r}, expected {kind!r}")
             count = head.get("segments")
             if not isinstance(count, int) or not 0 < count <= 1000:
                 raise CheckpointError(f"checkpoint head has an invalid segment count {count!r}")
@@ -76,21 +74,21 @@ class TaskCheckpointStore:
             segments = [self._store.get(f"{self.key}.seg.{i}") for i in range(count)]
             if any(s is None for s in segments):
                 raise CheckpointError("a checkpoint segment is missing")
-            cp = UploadCheckpoint.from_records(head, segments)
+            cp = UploadCheckpoint.from_records(head, segments, kind)
             self._segments_written = count
             return cp, None
         except CheckpointError as err:
             self.clear()
             return None, str(err)
 
-    def load_download(self) -> tuple[DownloadCheckpoint | None, str | None]:
+    def load_download(self, kind: str = "files_api.download") -> tuple[DownloadCheckpoint | None, str | None]:
         raw = self._raw()
         if raw is None:
             return None, None
         try:
             if not isinstance(raw, Mapping):
                 raise CheckpointError("checkpoint is not a JSON object")
-            return DownloadCheckpoint.from_dict(raw), None
+            return DownloadCheckpoint.from_dict(raw, kind), None
         except CheckpointError as err:
             self.clear()
             return None, str(err)

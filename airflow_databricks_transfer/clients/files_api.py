@@ -42,7 +42,7 @@ from airflow_databricks_transfer.engine.errors import (
     TransferError,
     UrlExpiredError,
 )
-from airflow_databricks_transfer.engine.ports import Pace, PresignedUrl, UploadSession
+from airflow_databricks_transfer.engine.ports import Pace, PresignedUrl, SingleShotBody, UploadSession
 from airflow_databricks_transfer.engine.retry import Cancelled, RetryPolicy, call_with_retry
 
 log = logging.getLogger(__name__)
@@ -604,8 +604,7 @@ class FilesApiUploadTarget:
 
     def put_single(
         self,
-        source_path: str,
-        size: int,
+        body: SingleShotBody,
         *,
         overwrite: bool,
         cancel: threading.Event | None = None,
@@ -615,13 +614,14 @@ class FilesApiUploadTarget:
             "PUT",
             f"{FILES}{self._q}?overwrite={str(overwrite).lower()}",
             headers={"Content-Type": "application/octet-stream"},
-            body_file=(source_path, size),
+            body=body if isinstance(body, memoryview) else None,
+            body_file=None if isinstance(body, memoryview) else body,
             cancel=cancel,
             pace=pace,
         )
-        body = resp.read()
+        answer = resp.read()
         if resp.status >= 300:
-            raise http_error(resp.status, body, resp.headers, f"upload {self._path}")
+            raise http_error(resp.status, answer, resp.headers, f"upload {self._path}")
 
     def initiate(self, *, overwrite: bool) -> UploadSession:
         answer = self.client.control(
@@ -677,7 +677,10 @@ class FilesApiUploadTarget:
             )
         return resp.headers.get("ETag") or ""
 
-    def complete(self, token: str, parts: Sequence[tuple[int, str]]) -> None:
+    def complete(
+        self, token: str, parts: Sequence[tuple[int, str]], *, content_md5: bytes | None = None
+    ) -> None:
+        """``content_md5`` is ignored: Volumes keep no content hash."""
         self.client.control(
             "POST",
             f"{FILES}{self._q}",

@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from airflow_databricks_transfer.engine.errors import CheckpointError, SourceChangedError
 
@@ -58,12 +58,17 @@ DOWNLOAD_UPGRADERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: 
 
 @dataclass(frozen=True)
 class SourceFingerprint:
-    """What identifies the local file a transfer was planned for."""
+    """What identifies the source a transfer was planned for.
+
+    A local file is (path, size, mtime, inode); a remote source (a blob, a Volume file) is its URI, size
+    and ``version`` (the ETag or Last-Modified it was pinned to), with mtime and inode 0.
+    """
 
     path: str
     size: int
     mtime_ns: int
     inode: int
+    version: str | None = None
 
     @classmethod
     def of(cls, path: str | os.PathLike[str]) -> SourceFingerprint:
@@ -80,6 +85,8 @@ class SourceFingerprint:
             return "source modification time changed"
         if self.inode != other.inode:
             return "source file was replaced (inode changed)"
+        if self.version != other.version:
+            return f"source version changed ({self.version} -> {other.version})"
         return None
 
     def ensure_unchanged(self) -> None:
@@ -92,11 +99,25 @@ class SourceFingerprint:
             raise SourceChangedError(f"{why} during the transfer of {self.path}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns, "inode": self.inode}
+        d: dict[str, Any] = {
+            "path": self.path,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "inode": self.inode,
+        }
+        if self.version is not None:
+            d["version"] = self.version
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SourceFingerprint:
-        return cls(str(d["path"]), int(d["size"]), int(d["mtime_ns"]), int(d["inode"]))
+        return cls(
+            str(d["path"]),
+            int(d["size"]),
+            int(d["mtime_ns"]),
+            int(d["inode"]),
+            _header_safe(_opt_str(d.get("version"))),
+        )
 
 
 @dataclass(frozen=True)
@@ -106,9 +127,14 @@ class RemoteVersion:
     size: int
     etag: str | None
     last_modified: str | None
+    # the whole object's MD5 (base64) where the store keeps one (Azure Content-MD5): checked after a download
+    content_md5: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "etag": self.etag, "last_modified": self.last_modified}
+        d: dict[str, Any] = {"size": self.size, "etag": self.etag, "last_modified": self.last_modified}
+        if self.content_md5 is not None:
+            d["content_md5"] = self.content_md5
+        return d
 
     @property
     def last_modified_s(self) -> int | None:
@@ -132,7 +158,7 @@ class RemoteVersion:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RemoteVersion:
-        return cls(int(d["size"]), d.get("etag"), d.get("last_modified"))
+        return cls(int(d["size"]), d.get("etag"), d.get("last_modified"), _opt_str(d.get("content_md5")))
 
 
 def _b64(data: bytes) -> str:
@@ -175,10 +201,16 @@ def _from_bitmap(bits: bytes, first: int, count: int) -> list[int]:
     return [first + i for i in range(count) if bits[i // 8] >> (i % 8) & 1]
 
 
+# What each kind of checkpoint is for. A checkpoint resumes only a transfer of its own kind: a Blob ->
+# Volume checkpoint never resumes a local -> Volume upload of the same destination.
+UPLOAD_KINDS = frozenset(
+    {"files_api.upload", "azure_blob.upload", "azure_blob.to_volume", "volume.to_azure_blob"}
+)
+DOWNLOAD_KINDS = frozenset({"files_api.download", "azure_blob.download"})
+
+
 @dataclass(frozen=True)
 class UploadCheckpoint:
-    kind: ClassVar[str] = "files_api.upload"
-
     destination: str
     source: SourceFingerprint
     part_size: int
@@ -198,8 +230,11 @@ class UploadCheckpoint:
     pre_upload: RemoteVersion | None = None
     session_started_at: float | None = None
     version: int = SCHEMA_VERSION
+    kind: str = "files_api.upload"
 
     def __post_init__(self) -> None:
+        if self.kind not in UPLOAD_KINDS:
+            raise CheckpointError(f"unknown upload checkpoint kind {self.kind!r}")
         if self.part_size <= 0 or self.part_count <= 0:
             raise CheckpointError("part size and count must be positive")
         bad = [n for n in self.parts if not 1 <= n <= self.part_count]
@@ -296,8 +331,9 @@ class UploadCheckpoint:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UploadCheckpoint:
-        d = _upgrade(data, cls.kind)
+    def from_dict(cls, data: Mapping[str, Any], kind: str = "files_api.upload") -> UploadCheckpoint:
+        """Load a checkpoint of ``kind`` (the transfer about to run); any other kind is refused."""
+        d = _upgrade(data, kind)
         try:
             segments = d["segments"]
             if not isinstance(segments, list):
@@ -330,6 +366,7 @@ class UploadCheckpoint:
                     float(d["session_started_at"]) if d["session_started_at"] is not None else None
                 ),
                 version=SCHEMA_VERSION,
+                kind=kind,
             )
         except CheckpointError:
             raise
@@ -337,13 +374,15 @@ class UploadCheckpoint:
             raise CheckpointError(f"corrupt upload checkpoint: {err!r}") from err
 
     @classmethod
-    def from_json(cls, text: str) -> UploadCheckpoint:
-        return cls.from_dict(_loads(text))
+    def from_json(cls, text: str, kind: str = "files_api.upload") -> UploadCheckpoint:
+        return cls.from_dict(_loads(text), kind)
 
     @classmethod
-    def from_records(cls, head: Mapping[str, Any], segments: Sequence[Mapping[str, Any]]) -> UploadCheckpoint:
+    def from_records(
+        cls, head: Mapping[str, Any], segments: Sequence[Mapping[str, Any]], kind: str = "files_api.upload"
+    ) -> UploadCheckpoint:
         """Rebuild from a head record and its separately stored segments."""
-        return cls.from_dict({**head, "segments": list(segments)})
+        return cls.from_dict({**head, "segments": list(segments)}, kind)
 
     def validate_for(self, destination: str, source: SourceFingerprint) -> str | None:
         """Why this checkpoint cannot resume an upload of ``source`` to ``destination``, or None."""
@@ -354,8 +393,6 @@ class UploadCheckpoint:
 
 @dataclass(frozen=True)
 class DownloadCheckpoint:
-    kind: ClassVar[str] = "files_api.download"
-
     source: str
     remote: RemoteVersion
     destination: str
@@ -374,6 +411,11 @@ class DownloadCheckpoint:
     # reads the very same object version even where the metadata call shows no ETag
     data_pin: str | None = None
     version: int = DOWNLOAD_SCHEMA_VERSION
+    kind: str = "files_api.download"
+
+    def __post_init__(self) -> None:
+        if self.kind not in DOWNLOAD_KINDS:
+            raise CheckpointError(f"unknown download checkpoint kind {self.kind!r}")
 
     @property
     def chunk_count(self) -> int:
@@ -424,8 +466,9 @@ class DownloadCheckpoint:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DownloadCheckpoint:
-        d = _upgrade(data, cls.kind, DOWNLOAD_SCHEMA_VERSION, DOWNLOAD_UPGRADERS)
+    def from_dict(cls, data: Mapping[str, Any], kind: str = "files_api.download") -> DownloadCheckpoint:
+        """Load a checkpoint of ``kind`` (the transfer about to run); any other kind is refused."""
+        d = _upgrade(data, kind, DOWNLOAD_SCHEMA_VERSION, DOWNLOAD_UPGRADERS)
         try:
             length, chunk = int(d["length"]), int(d["chunk_size"])
             if chunk <= 0 or length < 0:
@@ -444,6 +487,7 @@ class DownloadCheckpoint:
                 boot_id=_opt_str(d["boot_id"]),
                 durable=_strict_bool(d["durable"]),
                 data_pin=_header_safe(_opt_str(d["data_pin"])),
+                kind=kind,
             )
         except CheckpointError:
             raise
@@ -451,8 +495,8 @@ class DownloadCheckpoint:
             raise CheckpointError(f"corrupt download checkpoint: {err!r}") from err
 
     @classmethod
-    def from_json(cls, text: str) -> DownloadCheckpoint:
-        return cls.from_dict(_loads(text))
+    def from_json(cls, text: str, kind: str = "files_api.download") -> DownloadCheckpoint:
+        return cls.from_dict(_loads(text), kind)
 
 
 def _loads(text: str) -> dict[str, Any]:

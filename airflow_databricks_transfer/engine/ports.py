@@ -8,9 +8,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
-from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, RemoteVersion, UploadCheckpoint
+from airflow_databricks_transfer.engine.checkpoint import (
+    DownloadCheckpoint,
+    RemoteVersion,
+    SourceFingerprint,
+    UploadCheckpoint,
+)
 
 # Called with a byte count before those bytes are sent; may block (a bandwidth limit).
 Pace = Callable[[int], None]
@@ -31,8 +36,43 @@ class UploadSession:
     token: str = field(repr=False)
 
 
+# The body of a single-shot PUT: a local file streamed from disk (path, size), or bytes in memory (a
+# small remote source, read first).
+SingleShotBody = tuple[str, int] | memoryview
+
+
+class SourceReader(Protocol):
+    """One worker's handle on the source (a file descriptor, or ranged reads of a remote object)."""
+
+    def read_into(self, buf: memoryview, offset: int, cancel: threading.Event | None = None) -> None:
+        """Fill ``buf`` with the bytes at ``offset``; SourceChangedError if the source changed or ended."""
+
+    def close(self) -> None: ...
+
+
+class UploadSource(Protocol):
+    """Where an upload's bytes come from: a local file, or a remote ranged source (a blob, a Volume file)."""
+
+    @property
+    def path(self) -> str:
+        """A credential-free name of the source (a local path, ``azure://...``, ``/Volumes/...``)."""
+
+    @property
+    def local_path(self) -> str | None:
+        """The local file, when the source is one (a single-shot PUT streams it); None for a remote source."""
+
+    def fingerprint(self) -> SourceFingerprint:
+        """What identifies the source now; SourceChangedError when it is missing or not a file."""
+
+    def ensure_unchanged(self, fingerprint: SourceFingerprint) -> None:
+        """SourceChangedError unless the source is still the one ``fingerprint`` describes."""
+
+    def reader(self, fingerprint: SourceFingerprint) -> SourceReader:
+        """A reader of exactly that version (a remote source pins every read to it)."""
+
+
 class UploadTarget(Protocol):
-    """One destination path on a store that takes single-shot and multipart (or resumable) uploads."""
+    """One destination object; the part loop is the engine's, the two part shapes below are the targets'."""
 
     @property
     def destination(self) -> str: ...
@@ -46,16 +86,31 @@ class UploadTarget(Protocol):
 
     def put_single(
         self,
-        source_path: str,
-        size: int,
+        body: SingleShotBody,
         *,
         overwrite: bool,
         cancel: threading.Event | None = None,
         pace: Pace | None = None,
     ) -> None:
-        """Stream ``size`` bytes of the file in one request."""
+        """Write the whole object in one request."""
 
     def initiate(self, *, overwrite: bool) -> UploadSession: ...
+
+    def complete(
+        self, token: str, parts: Sequence[tuple[int, str]], *, content_md5: bytes | None = None
+    ) -> None:
+        """Commit the parts in order; ``content_md5`` (the whole object's MD5) is stored where the store
+        keeps one. Completing an already completed session again must not fail where the store allows."""
+
+    def abort(self, token: str) -> None: ...
+
+    def delete(self) -> None:
+        """Delete the object at the destination (used to withdraw a file this upload wrote torn)."""
+
+
+class PresignedPartsTarget(UploadTarget, Protocol):
+    """Parts go to presigned URLs minted in batches by a control call (the Files API), or as one
+    GCS-style resumable upload."""
 
     def part_urls(self, token: str, first: int, count: int) -> Mapping[int, PresignedUrl]:
         """URLs for parts first..first+count-1; SessionLostError if the session is gone."""
@@ -70,13 +125,6 @@ class UploadTarget(Protocol):
     ) -> str:
         """Send one part; returns its ETag. ``cancel`` stops a send in flight (``Cancelled``) within
         about a second; ``pace(n)`` is called before each piece of n bytes goes out (a bandwidth limit)."""
-
-    def complete(self, token: str, parts: Sequence[tuple[int, str]]) -> None: ...
-
-    def abort(self, token: str) -> None: ...
-
-    def delete(self) -> None:
-        """Delete the object at the destination (used to withdraw a file this upload wrote torn)."""
 
     def resumable_url(self, token: str) -> PresignedUrl: ...
 
@@ -94,6 +142,26 @@ class UploadTarget(Protocol):
 
     def query_confirmed(self, url: PresignedUrl) -> int | None:
         """Ask how many bytes the server has; None if the upload is already complete."""
+
+
+@runtime_checkable
+class StagedBlocksTarget(UploadTarget, Protocol):
+    """Parts are staged as blocks named from the session and part number, then committed as a list
+    (Azure Put Block / Put Block List). The store lists staged blocks, so a resume asks it first."""
+
+    def stage_block(
+        self,
+        token: str,
+        part_number: int,
+        body: memoryview,
+        *,
+        cancel: threading.Event | None = None,
+        pace: Pace | None = None,
+    ) -> str:
+        """Stage one block (the store verifies its Content-MD5); returns that MD5 (base64) as its ack."""
+
+    def staged_blocks(self, token: str) -> Mapping[int, int]:
+        """Part number -> size of this session's blocks the store holds uncommitted."""
 
 
 class RangeReader(Protocol):

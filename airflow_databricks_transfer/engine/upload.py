@@ -1,9 +1,13 @@
 """The upload driver: single-shot, parallel multipart, or GCS-style resumable, resumable across tries.
 
+One part loop for every backend: the source is a local file or a remote ranged object (``sources.py``),
+and the target takes parts either at presigned URLs (the Files API) or as staged blocks committed as a
+list (Azure); ``_PresignedParts`` and ``_StagedBlocks`` are the only code that differs.
+
 Memory is ``parallelism`` buffers of ``part_size`` bytes, allocated once and reused: each worker reads
-its part with ``os.preadv`` straight into its buffer and sends it in one call. Finished parts (ETag and,
-with verification, SHA-256) go to a checkpoint sink; given a checkpoint, the driver checks it against
-the source and the server and sends only the missing parts.
+its part straight into its buffer (``os.preadv``, or a pinned ranged GET) and sends it in one call.
+Finished parts (ETag and, with verification, SHA-256) go to a checkpoint sink; given a checkpoint, the
+driver checks it against the source and the server and sends only the missing parts.
 
 Failure policy: a fatal error (source changed, refused, already exists) aborts the remote session and
 clears the checkpoint; a transient failure, an exhausted retry budget or a cancellation keeps both,
@@ -20,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from airflow_databricks_transfer.engine.checkpoint import RemoteVersion, SourceFingerprint, UploadCheckpoint
 from airflow_databricks_transfer.engine.errors import (
@@ -43,8 +47,13 @@ from airflow_databricks_transfer.engine.planning import (
 )
 from airflow_databricks_transfer.engine.ports import (
     NullSink,
+    PresignedPartsTarget,
     PresignedUrl,
+    SingleShotBody,
+    SourceReader,
+    StagedBlocksTarget,
     UploadCheckpointSink,
+    UploadSource,
     UploadTarget,
 )
 from airflow_databricks_transfer.engine.progress import (
@@ -55,6 +64,7 @@ from airflow_databricks_transfer.engine.progress import (
 )
 from airflow_databricks_transfer.engine.retry import Cancelled, RecoveryBudget, RetryPolicy, call_with_retry
 from airflow_databricks_transfer.engine.saver import CoalescingSaver
+from airflow_databricks_transfer.engine.sources import LocalFileSource
 from airflow_databricks_transfer.engine.workers import run_workers
 
 log = logging.getLogger(__name__)
@@ -135,16 +145,6 @@ class UploadResult:
         }
 
 
-def read_exact(fd: int, buf: memoryview, offset: int) -> None:
-    """Fill ``buf`` from ``fd`` at ``offset``; a short read means the file shrank under us."""
-    done = 0
-    while done < len(buf):
-        n = os.preadv(fd, [buf[done:]], offset + done)
-        if n == 0:
-            raise SourceChangedError(f"source ended early at byte {offset + done}: was it truncated?")
-        done += n
-
-
 class _Fetch:
     """One in-flight batch of part URLs; workers needing a URL from it wait on ``done``."""
 
@@ -163,7 +163,7 @@ class _PartUrls:
 
     def __init__(
         self,
-        target: UploadTarget,
+        target: PresignedPartsTarget,
         token: str,
         options: UploadOptions,
         part_count: int,
@@ -229,20 +229,102 @@ class _PartUrls:
             self._urls.pop(n, None)
 
 
+# How one part is sent, under the shared retry policy: ``call(fn, what)`` retries ``fn``.
+Call = Callable[[Callable[[], Any], str], Any]
+
+
+class _PresignedParts:
+    """Parts to presigned URLs, minted in batches; an expired URL is replaced, not retried."""
+
+    def __init__(
+        self,
+        target: PresignedPartsTarget,
+        cp: UploadCheckpoint,
+        options: UploadOptions,
+        call: Call,
+        stop: threading.Event,
+    ) -> None:
+        self._target, self._call, self._stop = target, call, stop
+        self._urls = _PartUrls(
+            target,
+            cp.session_token,
+            options,
+            cp.part_count,
+            lambda fn: call(fn, "create-upload-part-urls"),
+            stop,
+        )
+
+    def check_alive(self, first_missing: int) -> None:
+        """The server is the truth: a dead session fails here, before any byte is sent."""
+        self._urls.get(first_missing)
+
+    def send(self, n: int, view: memoryview, pace: Callable[[int], None] | None) -> str:
+        refreshes = 0
+        while True:
+            try:
+                return self._send_once(n, view, pace)
+            except UrlExpiredError as err:
+                refreshes += 1
+                if refreshes > MAX_URL_REFRESHES_PER_PART:
+                    raise RetryBudgetExceeded(f"part {n}: URL expired {refreshes} times", err) from err
+                log.info("%s: part %d URL expired; minting a new one", self._target.destination, n)
+                self._urls.invalidate(n)
+
+    def _send_once(self, n: int, view: memoryview, pace: Callable[[int], None] | None) -> str:
+        def attempt() -> str:
+            if self._stop.is_set():
+                raise Cancelled("upload stopped")
+            # paced per piece inside the send, so a retry's announced delay is the real one
+            return self._target.put_part(self._urls.get(n), view, cancel=self._stop, pace=pace)
+
+        etag: str = self._call(attempt, f"part {n}")
+        return etag
+
+
+class _StagedBlocks:
+    """Parts staged as blocks named from the session and part number (the store checks each MD5)."""
+
+    def __init__(
+        self, target: StagedBlocksTarget, cp: UploadCheckpoint, call: Call, stop: threading.Event
+    ) -> None:
+        self._target, self._token, self._call, self._stop = target, cp.session_token, call, stop
+
+    def check_alive(self, first_missing: int) -> None:
+        pass  # nothing to mint: the block list was already reconciled with the store
+
+    def send(self, n: int, view: memoryview, pace: Callable[[int], None] | None) -> str:
+        def attempt() -> str:
+            if self._stop.is_set():
+                raise Cancelled("upload stopped")
+            return self._target.stage_block(self._token, n, view, cancel=self._stop, pace=pace)
+
+        ack: str = self._call(attempt, f"block {n}")
+        return ack
+
+
 class Uploader:
-    """Upload one local file to one ``UploadTarget``. Not reusable: build one per transfer."""
+    """Upload one source (a local file or a remote ranged object) to one ``UploadTarget``.
+
+    Not reusable: build one per transfer. ``kind`` names the checkpoint kind this transfer writes and
+    accepts (e.g. ``azure_blob.to_volume``).
+    """
 
     def __init__(
         self,
         target: UploadTarget,
-        source_path: str | os.PathLike[str],
+        source: UploadSource | str | os.PathLike[str],
         options: UploadOptions | None = None,
         *,
         sink: UploadCheckpointSink | None = None,
         subscribers: list[Subscriber] | None = None,
+        kind: str = "files_api.upload",
     ) -> None:
         self.target = target
-        self.source_path = os.fspath(source_path)
+        self.source: UploadSource = (
+            LocalFileSource(source) if isinstance(source, (str, os.PathLike)) else source
+        )
+        self.source_path = self.source.path
+        self.kind = kind
         self.options = options or UploadOptions()
         self.sink: UploadCheckpointSink = sink or NullSink()
         self.subscribers = subscribers or []
@@ -254,6 +336,7 @@ class Uploader:
         self._budget: RecoveryBudget | None = None
         self._hasher: _FileHasher | None = None
         self._hash_stop = threading.Event()
+        self._blocks = isinstance(target, StagedBlocksTarget)
 
     def cancel(self) -> None:
         """Stop the workers within seconds; the checkpoint and the remote session stay for the next try."""
@@ -281,20 +364,20 @@ class Uploader:
             self._hash_stop.set()
             raise
         if self._hasher is not None:
-            result = replace(result, sha256=self._hasher.result())
+            result = replace(result, sha256=self._hasher.result()[0])
             self._hasher = None
         return result
 
     def _run(self, checkpoint: UploadCheckpoint | None, started: float) -> UploadResult:
-        try:
-            fingerprint = SourceFingerprint.of(self.source_path)
-        except FileNotFoundError:
-            raise SourceChangedError(f"source file {self.source_path} does not exist") from None
-        if not os.path.isfile(self.source_path):
-            raise SourceChangedError(f"source {self.source_path} is not a regular file")
+        fingerprint = self.source.fingerprint()
         opts = self.options
-        if opts.full_sha256:
-            self._hasher = _FileHasher(self.source_path, fingerprint.size, self._hash_stop)
+        # the whole-object MD5 goes with a block commit (the store keeps it as Content-MD5); both digests
+        # need an in-order read of the source, so only a local file gets them (a remote one is not read twice)
+        md5 = self._blocks and self.source.local_path is not None
+        if (opts.full_sha256 or md5) and self.source.local_path is not None:
+            self._hasher = _FileHasher(self.source, fingerprint, self._hash_stop, md5=md5)
+        elif opts.full_sha256:
+            log.info("%s is remote: the SHA-256 of the whole file is not computed", self.source.path)
         plan = plan_upload(
             fingerprint.size,
             opts.limits,
@@ -302,6 +385,11 @@ class Uploader:
             multipart_threshold=opts.multipart_threshold_bytes,
         )
         restarted: str | None = None
+        if checkpoint is not None and checkpoint.kind != self.kind:
+            restarted = f"the checkpoint is of a {checkpoint.kind} transfer, not {self.kind}"
+            log.warning("Not resuming %s: %s. Starting a clean upload.", self.target.destination, restarted)
+            self.sink.clear()
+            checkpoint = None
         if checkpoint is not None:
             restarted = checkpoint.validate_for(self.target.destination, fingerprint)
             if restarted is None and checkpoint.protocol == "multipart" and opts.verify_sha256:
@@ -415,17 +503,24 @@ class Uploader:
             )
             return None
         buf = memoryview(bytearray(cp.part_size))
-        fd = os.open(self.source_path, os.O_RDONLY)
+        reader = self.source.reader(cp.source)
         try:
             for n in sorted(cp.parts):
                 offset = (n - 1) * cp.part_size
                 view = buf[: min(cp.part_size, cp.source.size - offset)]
-                read_exact(fd, view, offset)
+                self._read(reader, view, offset, n)
                 if hashlib.sha256(view).digest() != cp.part_sha256.get(n):
                     return f"part {n} of the source no longer matches its checkpointed SHA-256"
         finally:
-            os.close(fd)
+            reader.close()
         return None
+
+    def _read(self, reader: SourceReader, view: memoryview, offset: int, n: int) -> None:
+        """Read a part: a remote source's reads are retried like any call; a local one's errors are fatal."""
+        if self.source.local_path is not None:
+            reader.read_into(view, offset, self._stop)
+        else:
+            self._call(lambda: reader.read_into(view, offset, self._stop), f"read part {n} of the source")
 
     def _ours(self, size: int, since: float, before: RemoteVersion | None = None) -> tuple[bool, str]:
         """Is the object at the destination provably one this upload wrote? (answer, reason)
@@ -486,7 +581,17 @@ class Uploader:
         self._budget = RecoveryBudget(opts.max_total_retries if opts.max_total_retries is not None else 10)
         limiter = self._limiter()
         tracker = self._tracker(size, 1, started, limiter)
-        digest = _sha256_of(self.source_path, size) if opts.verify_sha256 else None
+        body: SingleShotBody
+        if self.source.local_path is not None:
+            body = (self.source.local_path, size)
+        else:  # a small remote source: read it once into memory (below the multipart threshold)
+            body = memoryview(bytearray(size))
+            reader = self.source.reader(fingerprint)
+            try:
+                self._read(reader, body, 0, 1)
+            finally:
+                reader.close()
+        digest = _digest_of(self.source, fingerprint, body) if opts.verify_sha256 else None
         stop = self._stop
         pace = self._pace(limiter, stop)
         attempts = 0
@@ -494,11 +599,12 @@ class Uploader:
 
         def attempt() -> None:
             nonlocal attempts, first_sent_at
-            fingerprint.ensure_unchanged()  # the PUT commits when done: never start it from a changed file
+            # the PUT commits when done: never start it from a changed file
+            self.source.ensure_unchanged(fingerprint)
             attempts += 1
             if attempts == 1:
                 first_sent_at = time.time()
-            self.target.put_single(self.source_path, size, overwrite=opts.overwrite, cancel=stop, pace=pace)
+            self.target.put_single(body, overwrite=opts.overwrite, cancel=stop, pace=pace)
 
         try:
             self._call(attempt, "single-shot PUT")
@@ -521,7 +627,7 @@ class Uploader:
                 why,
             )
         try:
-            fingerprint.ensure_unchanged()
+            self.source.ensure_unchanged(fingerprint)
         except SourceChangedError as err:
             self._discard_torn(size, first_sent_at, err)
             raise
@@ -564,6 +670,12 @@ class Uploader:
                 self._abort_quietly(session.token)
                 raise
             part_size = plan.part_size
+            if session.protocol == "resumable" and self.source.local_path is None:
+                self._abort_quietly(session.token)
+                raise MultipartUnavailableError(
+                    f"{self.target.destination}: the workspace offers only a resumable upload, which this "
+                    "package sends from a local file; copy the source to a local file first"
+                )
             if session.protocol == "resumable":
                 part_size = max(256 * 1024, part_size // (256 * 1024) * (256 * 1024))
             part_count = max(1, -(-fingerprint.size // part_size))
@@ -578,9 +690,12 @@ class Uploader:
                 # on the store's clock, which stamps the Last-Modified it is compared with (initiate
                 # and the stat answered by now, so the store's clock is known)
                 session_started_at=self.target.server_time(session_started_at),
+                kind=self.kind,
             )
             self.sink.save(cp, frozenset(range(cp.segment_count)))  # a kill right now can still resume
         else:
+            if isinstance(self.target, StagedBlocksTarget):
+                cp = self._reconcile_blocks(self.target, cp)
             log.info(
                 "Resuming upload of %s: %d of %d parts already on the server",
                 self.target.destination,
@@ -608,6 +723,44 @@ class Uploader:
         finally:
             saver.close()
 
+    def _reconcile_blocks(self, target: StagedBlocksTarget, cp: UploadCheckpoint) -> UploadCheckpoint:
+        """The store is the truth: keep the parts it holds with the right size, re-stage the rest.
+
+        Blocks are named from this session and their part number and the store checked each one's MD5
+        when it took it, so a block of this session with the planned size holds this source's bytes
+        (the source fingerprint was checked already), even one staged after the last checkpoint write.
+        """
+        staged = self._call(lambda: target.staged_blocks(cp.session_token), "get-block-list")
+        expected = {
+            n: min(cp.part_size, cp.source.size - (n - 1) * cp.part_size) for n in range(1, cp.part_count + 1)
+        }
+        kept = {n: etag for n, etag in cp.parts.items() if staged.get(n) == expected[n]}
+        lost = sorted(set(cp.parts) - set(kept))
+        adopted = sorted(
+            n for n, size in staged.items() if n in expected and n not in kept and size == expected[n]
+        )
+        if lost:
+            log.warning(
+                "%s: %d checkpointed blocks are not staged on the store any more (or have another size): "
+                "staging them again (first: %s)",
+                self.target.destination,
+                len(lost),
+                lost[:5],
+            )
+        if adopted:
+            log.info(
+                "%s: %d blocks staged after the last checkpoint write are on the store; not sending them",
+                self.target.destination,
+                len(adopted),
+            )
+        parts: dict[int, str] = {**kept, **dict.fromkeys(adopted, "")}
+        digests = {n: d for n, d in cp.part_sha256.items() if n in kept}
+        if cp.part_sha256 and adopted:
+            digests = {}  # an adopted block has no digest of ours: resumes stop comparing digests
+        cp = replace(cp, parts=parts, part_sha256=digests)
+        self.sink.save(cp, frozenset(range(cp.segment_count)))
+        return cp
+
     def _clear_after(self, saver: CoalescingSaver[UploadCheckpoint]) -> None:
         """Clear the checkpoint only once the saver has written everything it holds, or it comes back."""
         with contextlib.suppress(Exception):  # a saver that failed has nothing more to write
@@ -629,59 +782,34 @@ class Uploader:
         tracker = self._tracker(size, cp.part_count, started, limiter)
         tracker.resumed(resumed_bytes, resumed_parts)
         stop = self._stop
-        urls = _PartUrls(
-            self.target,
-            cp.session_token,
-            opts,
-            cp.part_count,
-            lambda fn: self._call(fn, "create-upload-part-urls"),
-            stop,
-        )
+        sender: _PresignedParts | _StagedBlocks
+        if isinstance(self.target, StagedBlocksTarget):
+            sender = _StagedBlocks(self.target, cp, self._call, stop)
+        else:
+            sender = _PresignedParts(cast(PresignedPartsTarget, self.target), cp, opts, self._call, stop)
         missing = cp.missing_parts()
-        if missing:  # the server is the truth: a dead session fails here, before any byte is sent
-            urls.get(missing[0])
+        if missing:
+            sender.check_alive(missing[0])
         state = {"cp": cp}
         state_lock = threading.Lock()
         pace = self._pace(limiter, stop)
 
-        def send_once(n: int, view: memoryview) -> str:
-            def attempt() -> str:
-                if stop.is_set():
-                    raise Cancelled("upload stopped")
-                # paced per piece inside the send, so a retry's announced delay is the real one
-                return self.target.put_part(urls.get(n), view, cancel=stop, pace=pace)
-
-            etag: str = self._call(attempt, f"part {n}")
-            return etag
-
-        def send(n: int, view: memoryview) -> str:
-            refreshes = 0
-            while True:
-                try:
-                    return send_once(n, view)
-                except UrlExpiredError as err:
-                    refreshes += 1
-                    if refreshes > MAX_URL_REFRESHES_PER_PART:
-                        raise RetryBudgetExceeded(f"part {n}: URL expired {refreshes} times", err) from err
-                    log.info("%s: part %d URL expired; minting a new one", self.target.destination, n)
-                    urls.invalidate(n)
-
         def worker(next_part: Callable[[], int | None]) -> None:
             buf = memoryview(bytearray(cp.part_size))
-            fd = os.open(self.source_path, os.O_RDONLY)
+            reader = self.source.reader(cp.source)
             try:
                 while (n := next_part()) is not None:
                     offset = (n - 1) * cp.part_size
                     view = buf[: min(cp.part_size, size - offset)]
-                    read_exact(fd, view, offset)
+                    self._read(reader, view, offset, n)
                     digest = hashlib.sha256(view).digest() if opts.verify_sha256 else None
-                    etag = send(n, view)
+                    etag = sender.send(n, view, pace)
                     with state_lock:
                         state["cp"] = state["cp"].with_part(n, etag, digest)
                         saver.offer(state["cp"], state["cp"].segment_of(n))
                     tracker.add(len(view), part_done=True)
             finally:
-                os.close(fd)
+                reader.close()
 
         run_workers(
             missing,
@@ -694,11 +822,14 @@ class Uploader:
         )
         final = state["cp"]
         # every part is on the server: make sure they came from one unchanged source, then complete
-        final.source.ensure_unchanged()
+        self.source.ensure_unchanged(final.source)
         final = replace(final, phase="completing")
         saver.flush(final)
-        self._complete(final)
-        if any(not etag for etag in final.parts.values()):
+        content_md5: bytes | None = None
+        if self._hasher is not None and self._blocks:
+            content_md5 = self._hasher.result()[1]
+        self._complete(final, content_md5)
+        if self._blocks or any(not etag for etag in final.parts.values()):
             self._check_committed_size(final)
         final_event = tracker.finish()
         self._clear_after(saver)
@@ -717,19 +848,22 @@ class Uploader:
             restarted,
         )
 
-    def _complete(self, cp: UploadCheckpoint) -> None:
+    def _complete(self, cp: UploadCheckpoint, content_md5: bytes | None = None) -> None:
         parts = sorted(cp.parts.items())
         try:
-            self._call(lambda: self.target.complete(cp.session_token, parts), "complete-upload")
+            self._call(
+                lambda: self.target.complete(cp.session_token, parts, content_md5=content_md5),
+                "complete-upload",
+            )
         except SessionLostError as err:
             # A complete whose answer was lost, or a resume after one, finds no session; so does one
             # whose session expired or was aborted. Only a file provably written by it counts.
             self._accept_lost_session(cp, err)
 
     def _check_committed_size(self, cp: UploadCheckpoint) -> None:
-        """Parts acknowledged without an ETag (an Azure Put Block) were checked by complete-upload for
-        presence only, so a part replaced by another writer of this session (a zombie try) goes unseen
-        there; the committed object's size is what is left to compare with the source."""
+        """Parts acknowledged without an ETag (an Azure Put Block behind the Files API, or a block list)
+        were checked at commit for presence only, so a part replaced by another writer of this session
+        (a zombie try) goes unseen there; the committed object's size is what is left to compare."""
         remote = self._stat()
         if remote is not None and remote.size == cp.source.size:
             return
@@ -767,10 +901,11 @@ class Uploader:
     ) -> UploadResult:
         """GCS-style: sequential chunks with Content-Range; after any doubt, ask the server how far it got."""
         size = cp.source.size
-        url = self._call(lambda: self.target.resumable_url(cp.session_token), "create-resumable-upload-url")
+        target = cast(PresignedPartsTarget, self.target)
+        url = self._call(lambda: target.resumable_url(cp.session_token), "create-resumable-upload-url")
         resumed = cp.confirmed_bytes
         if resumed:
-            confirmed = self._call(lambda: self.target.query_confirmed(url), "resumable status")
+            confirmed = self._call(lambda: target.query_confirmed(url), "resumable status")
             resumed = size if confirmed is None else confirmed
         limiter = self._limiter()
         tracker = self._tracker(size, cp.part_count, started, limiter)
@@ -780,24 +915,24 @@ class Uploader:
         offset = resumed
         final_sent_at: float | None = None
         buf = memoryview(bytearray(cp.part_size))
-        fd = os.open(self.source_path, os.O_RDONLY)
+        reader = self.source.reader(cp.source)
         try:
             while offset < size:
                 if self._stop.is_set():
                     raise Cancelled("upload cancelled")
                 view = buf[: min(cp.part_size, size - offset)]
-                read_exact(fd, view, offset)
+                chunk = (offset // cp.part_size) + 1
+                self._read(reader, view, offset, chunk)
                 last = offset + len(view) == size
                 if last:
                     # the final chunk commits the object: never send it from a changed source
-                    cp.source.ensure_unchanged()
+                    self.source.ensure_unchanged(cp.source)
                     final_sent_at = final_sent_at or time.time()
                 start = offset
 
                 def attempt(v: memoryview = view, s: int = start, is_last: bool = last) -> int | None:
-                    return self.target.put_chunk(url, v, s, size if is_last else None, cancel=stop, pace=pace)
+                    return target.put_chunk(url, v, s, size if is_last else None, cancel=stop, pace=pace)
 
-                chunk = (start // cp.part_size) + 1
                 try:
                     confirmed = self._chunk_with_recovery(attempt, url, f"chunk {chunk}")
                 except SessionLostError as err:
@@ -811,9 +946,9 @@ class Uploader:
                 cp = replace(cp, confirmed_bytes=offset)
                 saver.offer(cp)
         finally:
-            os.close(fd)
+            reader.close()
         try:
-            cp.source.ensure_unchanged()
+            self.source.ensure_unchanged(cp.source)
         except SourceChangedError as err:
             if final_sent_at is not None:
                 self._discard_torn(size, final_sent_at, err)
@@ -851,34 +986,44 @@ class Uploader:
             if not sent:
                 sent = True
                 return send()
-            return self.target.query_confirmed(url)
+            return cast(PresignedPartsTarget, self.target).query_confirmed(url)
 
         confirmed: int | None = self._call(attempt, what)
         return confirmed
 
 
-def _sha256_of(path: str, size: int) -> bytes:
+def _digest_of(source: UploadSource, fingerprint: SourceFingerprint, body: SingleShotBody) -> bytes:
+    if isinstance(body, memoryview):
+        return hashlib.sha256(body).digest()
     h = hashlib.sha256()
-    buf = memoryview(bytearray(min(max(size, 1), 8 * 1024 * 1024)))
-    fd = os.open(path, os.O_RDONLY)
+    buf = memoryview(bytearray(min(max(fingerprint.size, 1), 8 * 1024 * 1024)))
+    reader = source.reader(fingerprint)
     try:
         offset = 0
-        while offset < size:
-            view = buf[: min(len(buf), size - offset)]
-            read_exact(fd, view, offset)
+        while offset < fingerprint.size:
+            view = buf[: min(len(buf), fingerprint.size - offset)]
+            reader.read_into(view, offset)
             h.update(view)
             offset += len(view)
     finally:
-        os.close(fd)
+        reader.close()
     return h.digest()
 
 
 class _FileHasher:
-    """SHA-256 of the whole source, read in order by one thread while the parts go out in parallel."""
+    """SHA-256 (and, for a block commit, MD5) of the whole local source, read in order by one thread
+    while the parts go out in parallel."""
 
-    def __init__(self, path: str, size: int, stop: threading.Event) -> None:
-        self._path, self._size, self._stop = path, size, stop
-        self._digest: str | None = None
+    def __init__(
+        self,
+        source: UploadSource,
+        fingerprint: SourceFingerprint,
+        stop: threading.Event,
+        *,
+        md5: bool = False,
+    ) -> None:
+        self._source, self._fingerprint, self._stop, self._md5 = source, fingerprint, stop, md5
+        self._digest: tuple[str | None, bytes | None] = (None, None)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
         self._thread.start()
@@ -886,23 +1031,28 @@ class _FileHasher:
     def _run(self) -> None:
         try:
             h = hashlib.sha256()
+            m = hashlib.md5(usedforsecurity=False) if self._md5 else None
             buf = memoryview(bytearray(4 * 1024 * 1024))
-            fd = os.open(self._path, os.O_RDONLY)
+            size = self._fingerprint.size
+            reader = self._source.reader(self._fingerprint)
             try:
                 offset = 0
-                while offset < self._size and not self._stop.is_set():
-                    view = buf[: min(len(buf), self._size - offset)]
-                    read_exact(fd, view, offset)
+                while offset < size and not self._stop.is_set():
+                    view = buf[: min(len(buf), size - offset)]
+                    reader.read_into(view, offset)
                     h.update(view)
+                    if m is not None:
+                        m.update(view)
                     offset += len(view)
             finally:
-                os.close(fd)
+                reader.close()
             if not self._stop.is_set():
-                self._digest = h.hexdigest()
+                self._digest = (h.hexdigest(), m.digest() if m is not None else None)
         except BaseException as err:  # noqa: BLE001 - re-raised by result()
             self._error = err
 
-    def result(self) -> str | None:
+    def result(self) -> tuple[str | None, bytes | None]:
+        """(SHA-256 hex, MD5 bytes or None)."""
         self._thread.join()
         if self._error is not None:
             raise self._error
