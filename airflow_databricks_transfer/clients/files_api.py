@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
@@ -27,6 +26,8 @@ from databricks.sdk.errors.base import DatabricksError
 
 from airflow_databricks_transfer.clients.http import HttpPool, Response
 from airflow_databricks_transfer.engine.checkpoint import RemoteVersion
+from airflow_databricks_transfer.engine.clock import ServerClock
+from airflow_databricks_transfer.engine.clock import http_date as _http_date
 from airflow_databricks_transfer.engine.errors import (
     AlreadyExistsError,
     AuthError,
@@ -72,16 +73,6 @@ DIRS = "/api/2.0/fs/directories"
 _PRESIGNED_DISABLED = "FILES_API_API_IS_NOT_ENABLED"
 
 
-def _http_date(value: str | None) -> float | None:
-    """An HTTP-date header value as epoch seconds, or None when absent or malformed."""
-    if not value:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
 def _date_s(resp: Response) -> int | None:
     """The answer's ``Date`` header as whole epoch seconds (the server's clock), or None."""
     value = _http_date(resp.headers.get("Date"))
@@ -123,50 +114,6 @@ def _quote(path: str, *, file: bool = False) -> str:
                 f"{_MAX_NAME_BYTES} bytes per name (path {path[:80]!r})"
             )
     return quote(path)
-
-
-class ServerClock:
-    """The workspace's clock, estimated from the ``Date`` headers of its answers.
-
-    Presigned URLs expire on the server's clock and Last-Modified is stamped on it, so expire_time
-    and the "written after this upload started" comparisons must use it, not the worker's clock
-    (edge_cases.md item 7). A ``Date`` of second D, answering a request sent at local time s and
-    received at r, bounds the skew (server minus local) to [D - r, D + 1 - s]. When 0 lies in that
-    interval the local clock is as good as the header can tell and is used as is; otherwise the lower
-    bound is used (at most about a second plus the round trip low): an early "since" can only make
-    an upload's own file look like its own, and a provenance check also compares the prior version.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._skew_s: float | None = None
-
-    @property
-    def known(self) -> bool:
-        with self._lock:
-            return self._skew_s is not None
-
-    @property
-    def skew_s(self) -> float:
-        with self._lock:
-            return self._skew_s or 0.0
-
-    def observe(self, date: str | None, sent_at: float, received_at: float) -> None:
-        server_s = _http_date(date)
-        if server_s is None:
-            return
-        low, high = server_s - received_at, server_s + 1 - sent_at
-        with self._lock:
-            self._skew_s = 0.0 if low <= 0 <= high else low
-
-    def now(self) -> float:
-        return time.time() + self.skew_s
-
-    def expire_time(self, ttl_s: float) -> tuple[str, float]:
-        """``expire_time`` for a URL living ``ttl_s`` on the server's clock, and its local expiry."""
-        local = time.time()
-        server = datetime.fromtimestamp(local + self.skew_s + ttl_s, tz=timezone.utc)
-        return server.strftime("%Y-%m-%dT%H:%M:%SZ"), local + ttl_s
 
 
 def _merged(*layers: Mapping[str, str] | Sequence[tuple[str, str]]) -> dict[str, str]:

@@ -45,6 +45,14 @@ from airflow_databricks_transfer.engine.progress import (
 )
 from airflow_databricks_transfer.engine.retry import Cancelled, RecoveryBudget, RetryPolicy, call_with_retry
 from airflow_databricks_transfer.engine.saver import DEFAULT_MIN_INTERVAL_S, CoalescingSaver
+from airflow_databricks_transfer.engine.verify import (
+    AutoVerifier,
+    FileVerifier,
+    check_md5,
+    check_size,
+    run_verifiers,
+    verifiers_for,
+)
 from airflow_databricks_transfer.engine.workers import run_workers
 
 log = logging.getLogger(__name__)
@@ -111,6 +119,12 @@ class DownloadOptions:
     # xfs disk). Filling new page-cache pages costs 1-3 CPU-s per GiB on ext4, O_DIRECT about 0.3;
     # the file is then not in the page cache when the download returns.
     direct_io: bool | None = None
+    # checks of the finished file before it is renamed into place (engine/verify.py); a failure deletes
+    # the partial file and the checkpoint. The size is always checked.
+    verifiers: tuple[FileVerifier, ...] = ()
+    # compare the whole object's MD5 with the store's Content-MD5, when it has one and the whole object
+    # is downloaded (hashed in the same in-order pass as the SHA-256)
+    verify_content_md5: bool = True
 
     def __post_init__(self) -> None:
         if self.checkpoint_interval_s < 0:
@@ -139,6 +153,8 @@ class DownloadResult:
     sha256: str | None
     remote_etag: str | None
     restarted_reason: str | None = None
+    # what the finished file was checked with: "size", "content-md5", and each verifier's name
+    verified: tuple[str, ...] = ()
 
     @property
     def mib_per_s(self) -> float:
@@ -158,6 +174,7 @@ class DownloadResult:
             "seconds": round(self.seconds, 3),
             "mib_per_s": round(self.mib_per_s, 1),
             "sha256": self.sha256,
+            "verified": list(self.verified),
             "restarted_reason": self.restarted_reason,
         }
 
@@ -270,8 +287,10 @@ class Downloader:
         *,
         sink: DownloadCheckpointSink | None = None,
         subscribers: list[Subscriber] | None = None,
+        kind: str = "files_api.download",
     ) -> None:
         self.source = source
+        self.kind = kind
         self.destination = os.path.abspath(os.fspath(destination))
         self.options = options or DownloadOptions()
         self.sink: DownloadCheckpointSink = sink or NullSink()
@@ -359,7 +378,9 @@ class Downloader:
         why = None
         length = self._length(remote)
         boot = current_boot_id()
-        if cp.source != self.source.path:
+        if cp.kind != self.kind:
+            why = f"the checkpoint is of a {cp.kind} transfer, not {self.kind}"
+        elif cp.source != self.source.path:
             why = f"checkpoint is for {cp.source!r}, not {self.source.path!r}"
         elif cp.destination != self.destination:
             why = f"checkpoint is for destination {cp.destination!r}, not {self.destination!r}"
@@ -439,6 +460,7 @@ class Downloader:
                 opts.chunk_size_bytes,
                 boot_id=boot,
                 durable=opts.durable_checkpoints,
+                kind=self.kind,
             )
             # Fail at once if the disk cannot hold the file. Space is reserved (posix_fallocate, below)
             # only on local ext4/xfs, where it is cheap; on tmpfs it would allocate every page serially
@@ -492,7 +514,10 @@ class Downloader:
         direct = opts.direct_io if opts.direct_io is not None else local_disk
         if direct and local_disk and cp.length:
             self._preallocate(cp)
-        hasher = _InOrderHasher(cp, self._stop, direct) if opts.compute_sha256 else None
+        md5 = bool(
+            opts.verify_content_md5 and remote.content_md5 and cp.offset == 0 and cp.length == remote.size
+        )
+        hasher = _InOrderHasher(cp, self._stop, direct, md5) if opts.compute_sha256 or md5 else None
         write_lock = threading.Lock()
 
         def worker(next_chunk: Callable[[], int | None]) -> None:
@@ -525,9 +550,17 @@ class Downloader:
             saver.close()
             if sync_fd is not None:
                 os.close(sync_fd)
-        digest = hasher.result() if hasher is not None else None
+        digest, md5_digest = hasher.result() if hasher is not None else (None, None)
         return self._finish(
-            state["cp"], remote, tracker, started, resumed_chunks, resumed_bytes, restarted, digest
+            state["cp"],
+            remote,
+            tracker,
+            started,
+            resumed_chunks,
+            resumed_bytes,
+            restarted,
+            digest,
+            md5_digest,
         )
 
     @staticmethod
@@ -663,11 +696,19 @@ class Downloader:
         resumed_bytes: int,
         restarted: str | None,
         digest: str | None,
+        md5_digest: bytes | None = None,
     ) -> DownloadResult:
         opts = self.options
-        size = os.path.getsize(cp.temp_path)
-        if size != cp.length:
-            raise FatalError(f"downloaded {size} bytes, expected {cp.length}")
+        check_size(cp.temp_path, cp.length)  # VerificationError: run() removes the partial and checkpoint
+        verified = ["size"]
+        if md5_digest is not None and remote.content_md5:
+            check_md5(md5_digest, remote.content_md5, path=self.source.path)
+            verified.append("content-md5")
+        for verifier in opts.verifiers:
+            # "auto" picks by the destination's name: the partial file's name ends in .adt-partial
+            chosen = verifiers_for(self.destination) if isinstance(verifier, AutoVerifier) else [verifier]
+            run_verifiers(cp.temp_path, cp.length, chosen)
+            verified.extend(v.name for v in chosen)
         if opts.expected_sha256 is not None and digest != opts.expected_sha256.lower():
             self._discard()
             self.sink.clear()
@@ -702,6 +743,7 @@ class Downloader:
             digest,
             remote.etag,
             restarted,
+            tuple(verified),
         )
 
 
@@ -711,13 +753,15 @@ class _InOrderHasher:
     writes the reads come from disk (the kernel's readahead keeps ahead of the hash) and each range read
     is dropped from the page cache again, so hashing takes no new page-cache pages."""
 
-    def __init__(self, cp: DownloadCheckpoint, stop: threading.Event, direct: bool = False) -> None:
-        self._cp, self._stop = cp, stop
+    def __init__(
+        self, cp: DownloadCheckpoint, stop: threading.Event, direct: bool = False, md5: bool = False
+    ) -> None:
+        self._cp, self._stop, self._md5 = cp, stop, md5
         self._direct = direct and bool(_O_DIRECT) and hasattr(os, "posix_fadvise")
         # end of the written prefix of each chunk that is in progress or done (absolute offsets)
         self._upto = {i: min((i + 1) * cp.chunk_size, cp.length) for i in cp.done_chunks}
         self._cond = threading.Condition()
-        self._digest: str | None = None
+        self._digest: tuple[str | None, bytes | None] = (None, None)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="download-sha256", daemon=True)
         self._thread.start()
@@ -740,6 +784,7 @@ class _InOrderHasher:
     def _run(self) -> None:
         cp = self._cp
         h = hashlib.sha256()
+        m = hashlib.md5(usedforsecurity=False) if self._md5 else None
         buf = memoryview(bytearray(4 * MiB))
         try:
             fd = os.open(cp.temp_path, os.O_RDONLY)
@@ -755,6 +800,8 @@ class _InOrderHasher:
                             if n == 0:
                                 raise FatalError(f"{cp.temp_path} is shorter than expected")
                             h.update(buf[:n])
+                            if m is not None:
+                                m.update(buf[:n])
                             if self._direct:
                                 # the bytes went to disk past the page cache: drop what this read brought
                                 # in, so the next reads reuse those pages (new ones cost 1-2 s per GiB)
@@ -762,11 +809,12 @@ class _InOrderHasher:
                             pos += n
             finally:
                 os.close(fd)
-            self._digest = h.hexdigest()
+            self._digest = (h.hexdigest(), m.digest() if m is not None else None)
         except BaseException as err:  # noqa: BLE001 - re-raised by result()
             self._error = err
 
-    def result(self) -> str | None:
+    def result(self) -> tuple[str | None, bytes | None]:
+        """(SHA-256 hex, MD5 bytes when asked)."""
         self._thread.join()
         if self._error is not None:
             raise self._error

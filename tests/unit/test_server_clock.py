@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from airflow_databricks_transfer.clients.files_api import ServerClock
+from airflow_databricks_transfer.engine.clock import ServerClock
 
 
 def date(ts: float) -> str:
