@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
 
@@ -28,9 +27,10 @@ from airflow_databricks_transfer.engine.ports import DownloadCheckpointSink, Upl
 from airflow_databricks_transfer.engine.progress import Subscriber, log_progress
 from airflow_databricks_transfer.engine.retry import RetryPolicy
 from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions, UploadResult
+from airflow_databricks_transfer.hooks._running import CancellableTransfers
 
 
-class DatabricksFilesHook(BaseHook):
+class DatabricksFilesHook(CancellableTransfers, BaseHook):
     """Files API (Unity Catalog Volumes) transfers over a ``databricks`` connection.
 
     :param databricks_conn_id: the Airflow connection (type ``databricks``).
@@ -53,11 +53,6 @@ class DatabricksFilesHook(BaseHook):
         self.use_presigned_urls = use_presigned_urls
         # retries of metadata and listing calls (the trigger has its own bounded loop: one attempt each)
         self.metadata_retry = metadata_retry
-        # cancel() runs from on_kill, i.e. inside the SIGTERM handler on the main thread, which may be
-        # anywhere, even inside _running: so neither side takes a lock. Plain attribute stores are atomic,
-        # and each side writes its own field before reading the other's, so a cancel is never lost.
-        self._active: Uploader | Downloader | None = None
-        self._cancel_requested = False
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -108,7 +103,7 @@ class DatabricksFilesHook(BaseHook):
             sink=sink,
             subscribers=[log_progress(self.log), *(subscribers or [])],
         )
-        with self._running(uploader):
+        with self._running(uploader, self._close_data_path):
             result = uploader.run(checkpoint)
         lineage.report(self, inputs=[lineage.local_uri(local_path)], outputs=[self.volume_uri(volume_path)])
         return result
@@ -131,7 +126,7 @@ class DatabricksFilesHook(BaseHook):
             sink=sink,
             subscribers=[log_progress(self.log), *(subscribers or [])],
         )
-        with self._running(downloader):
+        with self._running(downloader, self._close_data_path):
             result = downloader.run(checkpoint)
         lineage.report(self, inputs=[self.volume_uri(volume_path)], outputs=[lineage.local_uri(local_path)])
         return result
@@ -140,29 +135,10 @@ class DatabricksFilesHook(BaseHook):
         """The Airflow asset URI of a Volume path in this workspace (``dbfs://<host>/Volumes/...``)."""
         return lineage.volume_uri(self.client.host, volume_path)
 
-    def cancel(self) -> None:
-        """Stop the running transfer within seconds (from ``on_kill``); its checkpoint stays.
-
-        Safe in a signal handler (takes no lock), and sticky: a transfer this hook starts afterwards is
-        cancelled at once, so a kill that lands just before a transfer starts is not lost.
-        """
-        self._cancel_requested = True
-        transfer = self._active
-        if transfer is not None:
-            transfer.cancel()
-
-    @contextmanager
-    def _running(self, transfer: Uploader | Downloader) -> Iterator[None]:
-        self._active = transfer
-        if self._cancel_requested:
-            transfer.cancel()
-        try:
-            yield
-        finally:
-            self._active = None
-            # the workers are gone: close their data-path sockets instead of leaving them to the GC
-            if "client" in self.__dict__:
-                self.client.http.close()
+    def _close_data_path(self) -> None:
+        # the workers are gone: close their data-path sockets instead of leaving them to the GC
+        if "client" in self.__dict__:
+            self.client.http.close()
 
     # ------------------------------------------------------------------ metadata and directories
     def get_metadata(self, volume_path: str) -> dict[str, Any] | None:

@@ -11,74 +11,16 @@ from functools import cached_property
 from typing import Any, TypeVar
 
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
 from airflow_databricks_transfer import lineage
 from airflow_databricks_transfer.checkpoints import TaskCheckpointStore
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
 from airflow_databricks_transfer.engine.download import DownloadOptions
-from airflow_databricks_transfer.engine.errors import (
-    AlreadyExistsError,
-    AuthError,
-    CheckpointError,
-    ChecksumMismatchError,
-    InvalidRequestError,
-    MultipartUnavailableError,
-    RemoteNotFoundError,
-    SourceChangedError,
-)
 from airflow_databricks_transfer.engine.planning import DEFAULT_MULTIPART_THRESHOLD_BYTES
 from airflow_databricks_transfer.engine.retry import RetryPolicy
 from airflow_databricks_transfer.engine.upload import UploadOptions
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
-
-# Errors no retry can fix: fail the task at once instead of burning its retries.
-_NOT_RETRYABLE = (
-    AuthError,
-    AlreadyExistsError,
-    InvalidRequestError,
-    RemoteNotFoundError,
-    CheckpointError,
-    MultipartUnavailableError,
-    # the local source is not the file the upload was planned for: a retry would meet the same file
-    SourceChangedError,
-    ChecksumMismatchError,  # the remote bytes are not what the caller expects: fetching again won't help
-    # a missing connection, or one without host or credentials (ValueError from the hook)
-    AirflowNotFoundException,
-    ValueError,
-)
-
-
-def _int(value: Any, name: str) -> int:
-    """Template-rendered numbers arrive as strings (e.g. from UI Params)."""
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        raise AirflowFailException(f"{name} must be a number, got {value!r}") from None
-
-
-def _opt_int(value: Any, name: str) -> int | None:
-    if value in (None, "", "None"):
-        return None
-    return _int(value, name)
-
-
-def _opt_str(value: Any) -> str | None:
-    """A rendered optional string: an empty or "None" rendering means unset."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    return None if text in ("", "None") else text
-
-
-def _opt_float(value: Any, name: str) -> float | None:
-    if value in (None, "", "None", 0, "0"):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise AirflowFailException(f"{name} must be a number, got {value!r}") from None
-
+from airflow_databricks_transfer.operators._common import as_int, fail_fast, opt_float, opt_int, opt_str
 
 _T = TypeVar("_T")
 
@@ -179,8 +121,7 @@ class _FilesTransferOperator(BaseOperator):
         return TaskCheckpointStore(context, self.checkpoint_key)
 
     def _fail_fast(self, err: Exception) -> None:
-        if isinstance(err, _NOT_RETRYABLE):
-            raise AirflowFailException(f"{type(err).__name__}: {err}") from err
+        fail_fast(err)
 
 
 @_documents_common_params
@@ -232,15 +173,15 @@ class LocalFilesystemToDatabricksVolumeOperator(_FilesTransferOperator):
                 len(checkpoint.parts),
                 checkpoint.part_count,
             )
-        part_size = _opt_float(self.part_size_bytes, "part_size_bytes")
+        part_size = opt_float(self.part_size_bytes, "part_size_bytes")
         options = UploadOptions(
             part_size_bytes=int(part_size) if part_size else None,
-            parallelism=_int(self.parallelism, "parallelism"),
-            multipart_threshold_bytes=_int(self.multipart_threshold_bytes, "multipart_threshold_bytes"),
+            parallelism=as_int(self.parallelism, "parallelism"),
+            multipart_threshold_bytes=as_int(self.multipart_threshold_bytes, "multipart_threshold_bytes"),
             overwrite=self.overwrite,
             verify_sha256=self.verify_sha256,
             full_sha256=self.compute_sha256,
-            bandwidth_limit_bytes_per_s=_opt_float(
+            bandwidth_limit_bytes_per_s=opt_float(
                 self.bandwidth_limit_bytes_per_s, "bandwidth_limit_bytes_per_s"
             ),
             progress_interval_s=self.progress_interval_s,
@@ -330,17 +271,17 @@ class DatabricksVolumeToLocalFilesystemOperator(_FilesTransferOperator):
                 len(checkpoint.done_chunks),
                 checkpoint.chunk_count,
             )
-        expected_sha256 = _opt_str(self.expected_sha256)
+        expected_sha256 = opt_str(self.expected_sha256)
         expected_sha256 = expected_sha256.lower() if expected_sha256 else None
         options = DownloadOptions(
-            chunk_size_bytes=_int(self.chunk_size_bytes, "chunk_size_bytes"),
-            parallelism=_int(self.parallelism, "parallelism"),
+            chunk_size_bytes=as_int(self.chunk_size_bytes, "chunk_size_bytes"),
+            parallelism=as_int(self.parallelism, "parallelism"),
             overwrite=self.overwrite,
             compute_sha256=self.compute_sha256 or expected_sha256 is not None,
             expected_sha256=expected_sha256,
-            offset=_int(self.offset, "offset"),
-            length=_opt_int(self.length, "length"),
-            bandwidth_limit_bytes_per_s=_opt_float(
+            offset=as_int(self.offset, "offset"),
+            length=opt_int(self.length, "length"),
+            bandwidth_limit_bytes_per_s=opt_float(
                 self.bandwidth_limit_bytes_per_s, "bandwidth_limit_bytes_per_s"
             ),
             progress_interval_s=self.progress_interval_s,

@@ -63,7 +63,7 @@ def test_a_cancel_before_the_transfer_registers_is_not_lost() -> None:
     hook = DatabricksFilesHook("unused")
     hook.cancel()  # on_kill arrives between "operator started" and "transfer registered"
     transfer = FakeTransfer()
-    with hook._running(transfer):  # type: ignore[arg-type]
+    with hook._running(transfer):
         pass
     assert transfer.cancelled == 1
 
@@ -71,7 +71,7 @@ def test_a_cancel_before_the_transfer_registers_is_not_lost() -> None:
 def test_cancel_reaches_the_running_transfer() -> None:
     hook = DatabricksFilesHook("unused")
     transfer = FakeTransfer()
-    with hook._running(transfer):  # type: ignore[arg-type]
+    with hook._running(transfer):
         hook.cancel()
         assert transfer.cancelled == 1
     hook.cancel()  # after the transfer: nothing to reach, and no error

@@ -1,0 +1,74 @@
+"""What every transfer operator of this package shares: parsing of rendered template values, and the
+errors that fail a task at once (no retry can fix them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+
+from airflow_databricks_transfer.engine.errors import (
+    AlreadyExistsError,
+    AuthError,
+    CheckpointError,
+    ChecksumMismatchError,
+    InvalidRequestError,
+    MultipartUnavailableError,
+    RemoteNotFoundError,
+    SourceChangedError,
+    VerificationError,
+)
+
+# Errors no retry can fix: fail the task at once instead of burning its retries.
+NOT_RETRYABLE = (
+    AuthError,
+    AlreadyExistsError,
+    InvalidRequestError,
+    RemoteNotFoundError,
+    CheckpointError,
+    MultipartUnavailableError,
+    # the local source is not the file the upload was planned for: a retry would meet the same file
+    SourceChangedError,
+    ChecksumMismatchError,  # the remote bytes are not what the caller expects: fetching again won't help
+    VerificationError,  # the finished file failed a check (size, Content-MD5, its format)
+    # a missing connection, or one without host or credentials (ValueError from the hook)
+    AirflowNotFoundException,
+    ValueError,
+)
+
+
+def as_int(value: Any, name: str) -> int:
+    """Template-rendered numbers arrive as strings (e.g. from UI Params)."""
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        raise AirflowFailException(f"{name} must be a number, got {value!r}") from None
+
+
+def opt_int(value: Any, name: str) -> int | None:
+    if value in (None, "", "None"):
+        return None
+    return as_int(value, name)
+
+
+def opt_str(value: Any) -> str | None:
+    """A rendered optional string: an empty or "None" rendering means unset."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if text in ("", "None") else text
+
+
+def opt_float(value: Any, name: str) -> float | None:
+    if value in (None, "", "None", 0, "0"):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise AirflowFailException(f"{name} must be a number, got {value!r}") from None
+
+
+def fail_fast(err: Exception) -> None:
+    """Turn an error no retry can fix into AirflowFailException (the task fails without retrying)."""
+    if isinstance(err, NOT_RETRYABLE):
+        raise AirflowFailException(f"{type(err).__name__}: {err}") from err
