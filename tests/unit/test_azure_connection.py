@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -469,3 +471,15 @@ def test_connection_types_only_without_the_official_provider(monkeypatch: pytest
     assert (
         AzureBlobTransferHook.conn_type == "wasb" and AzureBlobTransferHook.conn_name_attr == "wasb_conn_id"
     )
+
+
+def test_provider_discovery_imports_neither_airflow_nor_the_azure_sdk() -> None:
+    """Airflow builds the provider info while it discovers providers: that must stay cheap and cycle-free."""
+    code = (
+        "import sys\n"
+        "from airflow_databricks_transfer.get_provider_info import get_provider_info\n"
+        "get_provider_info()\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'airflow', 'azure'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
