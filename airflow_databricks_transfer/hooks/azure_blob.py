@@ -47,7 +47,7 @@ class AzureBlobTransferHook(BaseHook):
     conn_name_attr = "wasb_conn_id"
     default_conn_name = "wasb_default"
     conn_type = "wasb"
-    hook_name = "Azure Blob Storage (transfers)"
+    hook_name = "Azure Blob Storage"
 
     def __init__(self, wasb_conn_id: str = default_conn_name, public_read: bool = False) -> None:
         super().__init__()
