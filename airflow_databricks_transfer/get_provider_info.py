@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_databricks_transfer import __version__
+from airflow_databricks_transfer import __version__, azure_connection
 from airflow_databricks_transfer.connection import connection_types
 
 INTEGRATION = "Databricks Files API"
+AZURE_INTEGRATION = "Azure Blob Storage"
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -28,10 +29,19 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": INTEGRATION,
                 "external-doc-url": "https://docs.databricks.com/api/workspace/files",
                 "tags": ["service"],
-            }
+            },
+            {
+                "integration-name": AZURE_INTEGRATION,
+                "external-doc-url": "https://learn.microsoft.com/azure/storage/blobs/",
+                "tags": ["azure"],
+            },
         ],
         "hooks": [
-            {"integration-name": INTEGRATION, "python-modules": ["airflow_databricks_transfer.hooks.files"]}
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_databricks_transfer.hooks.files"]},
+            {
+                "integration-name": AZURE_INTEGRATION,
+                "python-modules": ["airflow_databricks_transfer.hooks.azure_blob"],
+            },
         ],
         "operators": [
             {
@@ -57,6 +67,6 @@ def get_provider_info() -> dict[str, Any]:
                 "to_openlineage_converter": "airflow_databricks_transfer.lineage.asset_to_openlineage",
             }
         ],
-        # the `databricks` form, only where the official Databricks provider does not define it
-        "connection-types": connection_types(),
+        # the `databricks` and `wasb` forms, each only where its official provider does not define it
+        "connection-types": connection_types() + azure_connection.connection_types(),
     }
