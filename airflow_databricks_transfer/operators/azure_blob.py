@@ -94,7 +94,9 @@ class _AzureTransferOperator(BaseOperator):
     def _bandwidth(self) -> float | None:
         return opt_float(self.bandwidth_limit_bytes_per_s, "bandwidth_limit_bytes_per_s")
 
-    def _upload_options(self, part_size: Any, threshold: int, overwrite: bool, full_sha256: bool) -> UploadOptions:
+    def _upload_options(
+        self, part_size: Any, threshold: int, overwrite: bool, full_sha256: bool
+    ) -> UploadOptions:
         size = opt_int(part_size, "part_size_bytes")
         return UploadOptions(
             part_size_bytes=size,
@@ -232,7 +234,11 @@ class LocalFilesystemToAzureBlobOperator(_AzureTransferOperator):
     """
 
     kind = "azure_blob.upload"
-    template_fields: Sequence[str] = (*_AzureTransferOperator.template_fields, "local_path", "block_size_bytes")
+    template_fields: Sequence[str] = (
+        *_AzureTransferOperator.template_fields,
+        "local_path",
+        "block_size_bytes",
+    )
 
     def __init__(
         self,
