@@ -167,9 +167,69 @@ def _upload_v2() -> UploadCheckpoint:
     )
 
 
+def _azure_download() -> DownloadCheckpoint:
+    """A blob download: its Content-MD5 is part of the pinned version (checked after the download)."""
+    return replace(
+        _download_v2(),
+        kind="azure_blob.download",
+        source="azure://devstoreaccount1/models/big.bin",
+        remote=RemoteVersion(
+            104857601, '"0x8DD1A2B3C4D5E6F"', "Sat, 21 Nov 2026 06:00:00 GMT", "q8Ws4/4g7hgt9p9YcDuFmQ=="
+        ),
+        data_pin=None,
+    )
+
+
+def _azure_upload() -> UploadCheckpoint:
+    """Local -> Blob: the session token is the upload id the block ids derive from (not a credential);
+    each part's "ETag" is the MD5 the service acknowledged for the block."""
+    cp = _upload_v2()
+    parts = {n: hashlib.md5(str(n).encode()).hexdigest()[:22] + "==" for n in cp.parts}
+    return replace(
+        cp,
+        kind="azure_blob.upload",
+        destination="azure://devstoreaccount1/models/big.bin",
+        session_token="5f0c2a9e41d7b3c8",
+        parts=parts,
+        part_sha256={},
+    )
+
+
+def _blob_to_volume() -> UploadCheckpoint:
+    """Blob -> Volume: the source is the blob pinned to its ETag (mtime and inode 0)."""
+    return replace(
+        _upload_v2(),
+        kind="azure_blob.to_volume",
+        source=SourceFingerprint(
+            "azure://devstoreaccount1/models/big.bin", 30 * 5 * MiB, 0, 0, '"0x8DD1A2B3C4D5E6F"'
+        ),
+        part_sha256={},
+    )
+
+
+def _volume_to_blob() -> UploadCheckpoint:
+    """Volume -> Blob: the Volume file without an ETag is pinned to its size and Last-Modified."""
+    cp = _azure_upload()
+    return replace(
+        cp,
+        kind="volume.to_azure_blob",
+        source=SourceFingerprint(
+            "/Volumes/main/default/landing/big.bin",
+            cp.source.size,
+            0,
+            0,
+            "157286400@Sat, 21 Nov 2026 05:59:58 GMT",
+        ),
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
+        ("azure_blob_download_v2.json", _azure_download),
+        ("azure_blob_upload_v2.json", _azure_upload),
+        ("azure_blob_to_volume_v2.json", _blob_to_volume),
+        ("volume_to_azure_blob_v2.json", _volume_to_blob),
         ("upload_checkpoint_v1.json", lambda: _upload(parts=30, done=17)),
         ("download_checkpoint_v1.json", _download),
         ("download_checkpoint_v2.json", _download_v2),
@@ -179,8 +239,28 @@ def _upload_v2() -> UploadCheckpoint:
 def test_golden_files_keep_loading(name: str, expected: Any) -> None:
     """Checkpoints written by released versions must load forever (or upgrade); never edit these files."""
     want = expected()
-    loaded = type(want).from_json((GOLDEN / name).read_text())
+    loaded = type(want).from_json((GOLDEN / name).read_text(), want.kind)
     assert loaded == want
+
+
+@pytest.mark.parametrize("make", [_azure_upload, _blob_to_volume, _volume_to_blob])
+def test_a_checkpoint_resumes_only_its_own_kind(make: Any) -> None:
+    """A Blob -> Volume checkpoint must not resume a local -> Volume upload of the same destination."""
+    cp = make()
+    assert UploadCheckpoint.from_json(cp.to_json(), cp.kind) == cp
+    with pytest.raises(CheckpointError, match=f"checkpoint is a '{cp.kind}', expected 'files_api.upload'"):
+        UploadCheckpoint.from_json(cp.to_json())
+    with pytest.raises(CheckpointError, match="unknown upload checkpoint kind"):
+        replace(cp, kind="files_api.nonsense")
+
+
+def test_a_remote_source_version_is_part_of_its_identity() -> None:
+    cp = _blob_to_volume()
+    rewritten = replace(cp.source, version='"0x8DD1FFFFFFFFFFF"')
+    assert cp.validate_for(cp.destination, rewritten) == (
+        'source version changed ("0x8DD1A2B3C4D5E6F" -> "0x8DD1FFFFFFFFFFF")'
+    )
+    assert cp.validate_for(cp.destination, cp.source) is None
 
 
 def test_download_v2_round_trip_and_v1_upgrade_is_not_durable() -> None:
