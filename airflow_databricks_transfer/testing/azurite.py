@@ -130,7 +130,7 @@ class Azurite:
             *self.extra_args,
         ]
         try:
-            self._proc = subprocess.Popen(
+            self._proc = subprocess.Popen(  # noqa: S603 (our own argv, no shell)
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -140,7 +140,9 @@ class Azurite:
             )
         except OSError as exc:  # e.g. node itself is missing (the script's shebang)
             self._remove_location()
-            raise AzuriteError(f"cannot run {binary}: {exc}; is Node.js 20+ installed? then run `npm ci`") from exc
+            raise AzuriteError(
+                f"cannot run {binary}: {exc}; is Node.js 20+ installed? then run `npm ci`"
+            ) from exc
         self._reader = threading.Thread(target=self._read_output, name="azurite-stdout", daemon=True)
         self._reader.start()
         try:

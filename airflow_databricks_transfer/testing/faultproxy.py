@@ -43,12 +43,23 @@ _HTTP_ONLY: tuple[tuple[str, Any], ...] = (
 def check_tcp_rule(rule: FaultRule) -> None:
     """Refuse rules the proxy cannot honour, so a test never passes because its fault silently did nothing."""
     if not fnmatch.fnmatchcase(TCP_ROUTE, rule.route):
-        raise ValueError(f"the fault proxy matches route {TCP_ROUTE!r}; rule route {rule.route!r} never fires")
+        raise ValueError(
+            f"the fault proxy matches route {TCP_ROUTE!r}; rule route {rule.route!r} never fires"
+        )
     wrong = [name for name, default in _HTTP_ONLY if getattr(rule, name) != default]
     if wrong:
-        raise ValueError(f"the fault proxy works on bytes, not HTTP requests; unsupported rule fields: {wrong}")
-    if rule.cut_after_bytes is None and rule.stall_after_bytes is None and not rule.refuse and rule.delay_s <= 0:
-        raise ValueError("a proxy rule needs cut_after_bytes, stall_after_bytes with delay_s, delay_s or refuse")
+        raise ValueError(
+            f"the fault proxy works on bytes, not HTTP requests; unsupported rule fields: {wrong}"
+        )
+    if (
+        rule.cut_after_bytes is None
+        and rule.stall_after_bytes is None
+        and not rule.refuse
+        and rule.delay_s <= 0
+    ):
+        raise ValueError(
+            "a proxy rule needs cut_after_bytes, stall_after_bytes with delay_s, delay_s or refuse"
+        )
 
 
 @dataclass(frozen=True)
@@ -159,8 +170,11 @@ class _Link:
             while True:
                 data = src.recv(_BUF)
                 if not data:
-                    with contextlib.suppress(OSError):
-                        dst.shutdown(socket.SHUT_WR)  # pass the half-close on, as a plain TCP hop would
+                    # pass the half-close on, as a plain TCP hop would; but not once torn down, or an
+                    # RST cut would reach the client as a FIN first (recv wakes on our own shutdown)
+                    with self.lock, contextlib.suppress(OSError):
+                        if not self.closed:
+                            dst.shutdown(socket.SHUT_WR)
                     break
                 view = memoryview(data)
                 while view:

@@ -83,11 +83,17 @@ class FaultRule:
                 raise ValueError("stall_after_bytes must be >= 0")
             if self.delay_s <= 0:
                 raise ValueError("stall_after_bytes needs delay_s > 0 (how long the stream pauses)")
-        if self.refuse and (self.cut_after_bytes is not None or self.stall_after_bytes is not None or self.delay_s > 0):
-            raise ValueError("refuse resets the connection at once: it cannot be combined with a cut or stall")
+        if self.refuse and (
+            self.cut_after_bytes is not None or self.stall_after_bytes is not None or self.delay_s > 0
+        ):
+            raise ValueError(
+                "refuse resets the connection at once: it cannot be combined with a cut or stall"
+            )
         effects = (self.status, self.cut_after_bytes, self.expire or None, self.refuse or None)
         if all(e is None for e in effects) and self.delay_s <= 0:
-            raise ValueError("a fault rule needs an effect: status, cut_after_bytes, expire, refuse or delay_s")
+            raise ValueError(
+                "a fault rule needs an effect: status, cut_after_bytes, expire, refuse or delay_s"
+            )
         if self.status is not None and not 100 <= self.status <= 599:
             raise ValueError("status must be an HTTP status code")
 
