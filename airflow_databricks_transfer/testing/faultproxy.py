@@ -7,6 +7,15 @@ connections it spoils) and then cuts a byte stream after N bytes with FIN or RST
 the connection the moment it is accepted. Byte counts are per connection, not per HTTP request, since
 keep-alive connections carry many requests; tests that want one request per connection use a fresh
 client or ``Connection: close``.
+
+A rule's effects, all counted in ``direction`` (``server_to_client`` by default):
+
+* ``cut_after_bytes=N``: forward exactly N bytes, then close both ends with ``cut_with`` (``"fin"``: the
+  client reads a clean end of stream; ``"rst"``: it gets a connection reset);
+* ``stall_after_bytes=N, delay_s=S``: forward N bytes, then hold that stream for S seconds (or until
+  ``release_stalls()``); ``delay_s`` alone holds it before its first byte. A stall before a cut point
+  delays the cut;
+* ``refuse=True``: accept, then reset at once (clients see ECONNRESET from connect, send or recv).
 """
 
 from __future__ import annotations
