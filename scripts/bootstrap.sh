@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up on a fresh machine with only Python 3.10+ (and later Node/npm): a virtualenv with
+# Idempotent set-up on a fresh machine with Python 3.10+ and Node.js 20+/npm: a virtualenv with
 # this package and its test tools, plus databricks-sdk 0.156.0 and 0.162.0 side-installed for the protocol tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,17 @@ for v in $SDK_VERSIONS; do
       --target ".sdk/databricks-sdk-$v" "databricks-sdk==$v"
   fi
 done
+# Azurite (the Azure Storage emulator the Azure tests start) is the npm package pinned in package.json.
+# Install it when missing or when package-lock.json is newer than the installed tree; without npm, say so
+# and go on: the Azure tests then fail with the same hint instead of skipping.
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -x node_modules/.bin/azurite-blob ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    echo "bootstrap: installing Azurite (npm ci)"
+    npm ci --no-audit --no-fund --prefer-offline
+  fi
+else
+  echo "bootstrap: npm is missing; install Node.js 20+ with npm, then run 'npm ci' here (Azure tests need Azurite)" >&2
+fi
 # tests/airflow/test_ui_browser.py drives Debian's chromium through Playwright (Playwright's own browser
 # download is not used). CI runs as root on Debian: install it once; later runs find it and skip apt.
 if ! command -v chromium >/dev/null 2>&1; then

@@ -5,6 +5,11 @@ request for ``times`` requests, and says what goes wrong: an error status (with 
 connection after N body bytes, a delay, or an expired presigned URL. ``phase="after"`` applies the
 request's state change first and then fails, which is how a client learns that "the server got it but
 I never heard back" must be survivable.
+
+The loopback TCP fault proxy (``faultproxy.py``) reads the same rules, matched once per new connection
+(route ``"tcp"``): ``cut_after_bytes`` and ``stall_after_bytes`` count bytes in ``direction``, ``cut_with``
+says how the cut looks to the client (FIN or RST), and ``refuse`` resets a connection as soon as it is
+accepted. The HTTP emulators ignore those proxy-only fields.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 Phase = Literal["before", "after"]
+Direction = Literal["server_to_client", "client_to_server"]
+CutWith = Literal["fin", "rst"]
+
+TCP_ROUTE = "tcp"
 
 _ids = itertools.count(1)
 
@@ -48,6 +57,12 @@ class FaultRule:
     delay_s: float = 0.0
     expire: bool = False
     phase: Phase = "before"
+    # proxy-only (route "tcp"): which byte stream the byte counts apply to, how a cut ends, a stall
+    # point (the stream pauses there for delay_s), and refusing the connection outright
+    direction: Direction = "server_to_client"
+    cut_with: CutWith = "fin"
+    stall_after_bytes: int | None = None
+    refuse: bool = False
     id: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -59,8 +74,26 @@ class FaultRule:
             raise ValueError("phase must be 'before' or 'after'")
         if self.cut_after_bytes is not None and self.cut_after_bytes < 0:
             raise ValueError("cut_after_bytes must be >= 0")
-        if self.status is None and self.cut_after_bytes is None and not self.expire and self.delay_s <= 0:
-            raise ValueError("a fault rule needs an effect: status, cut_after_bytes, expire or delay_s")
+        if self.direction not in ("server_to_client", "client_to_server"):
+            raise ValueError("direction must be 'server_to_client' or 'client_to_server'")
+        if self.cut_with not in ("fin", "rst"):
+            raise ValueError("cut_with must be 'fin' or 'rst'")
+        if self.stall_after_bytes is not None:
+            if self.stall_after_bytes < 0:
+                raise ValueError("stall_after_bytes must be >= 0")
+            if self.delay_s <= 0:
+                raise ValueError("stall_after_bytes needs delay_s > 0 (how long the stream pauses)")
+        if self.refuse and (
+            self.cut_after_bytes is not None or self.stall_after_bytes is not None or self.delay_s > 0
+        ):
+            raise ValueError(
+                "refuse resets the connection at once: it cannot be combined with a cut or stall"
+            )
+        effects = (self.status, self.cut_after_bytes, self.expire or None, self.refuse or None)
+        if all(e is None for e in effects) and self.delay_s <= 0:
+            raise ValueError(
+                "a fault rule needs an effect: status, cut_after_bytes, expire, refuse or delay_s"
+            )
         if self.status is not None and not 100 <= self.status <= 599:
             raise ValueError("status must be an HTTP status code")
 
