@@ -9,6 +9,12 @@ import re
 import pytest
 from airflow.sdk import BaseOperator, BaseSensorOperator
 
+from airflow_databricks_transfer.operators.azure_blob import (
+    AzureBlobToDatabricksVolumeOperator,
+    AzureBlobToLocalFilesystemOperator,
+    DatabricksVolumeToAzureBlobOperator,
+    LocalFilesystemToAzureBlobOperator,
+)
 from airflow_databricks_transfer.operators.files import (
     DatabricksVolumeToLocalFilesystemOperator,
     LocalFilesystemToDatabricksVolumeOperator,
@@ -21,6 +27,10 @@ PUBLIC = [
     DatabricksVolumeToLocalFilesystemOperator,
     DatabricksVolumeFileSensor,
     DatabricksVolumeFileTrigger,
+    AzureBlobToLocalFilesystemOperator,
+    LocalFilesystemToAzureBlobOperator,
+    AzureBlobToDatabricksVolumeOperator,
+    DatabricksVolumeToAzureBlobOperator,
 ]
 AIRFLOW_BASES = (BaseOperator, BaseSensorOperator)
 
