@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol, cast
+
+from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
+from airflow_databricks_transfer.engine.download import Downloader, DownloadOptions, DownloadResult
+from airflow_databricks_transfer.engine.ports import (
+    DownloadCheckpointSink,
+    DownloadSource,
+    UploadCheckpointSink,
+    UploadSource,
+    UploadTarget,
+)
+from airflow_databricks_transfer.engine.progress import Subscriber, log_progress
+from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions, UploadResult
 
 
 class _Cancellable(Protocol):
@@ -21,6 +35,59 @@ class CancellableTransfers:
 
     _active: _Cancellable | None = None
     _cancel_requested: bool = False
+
+    def _progress_logger(self) -> logging.Logger:
+        """The hook's task logger (Airflow's LoggingMixin ``log``), where progress lines go."""
+        return cast(logging.Logger, cast(Any, self).log)
+
+    def _close_data_path(self) -> None:
+        """Called when a transfer ends (a hook closes its data-path connections here)."""
+
+    def run_upload(
+        self,
+        target: UploadTarget,
+        source: UploadSource | str | os.PathLike[str],
+        options: UploadOptions | None,
+        *,
+        kind: str,
+        checkpoint: UploadCheckpoint | None,
+        sink: UploadCheckpointSink | None,
+        subscribers: list[Subscriber] | None,
+    ) -> UploadResult:
+        """One upload with progress lines in the task log, cancellable from ``on_kill``."""
+        uploader = Uploader(
+            target,
+            source,
+            options,
+            sink=sink,
+            subscribers=[log_progress(self._progress_logger()), *(subscribers or [])],
+            kind=kind,
+        )
+        with self._running(uploader, self._close_data_path):
+            return uploader.run(checkpoint)
+
+    def run_download(
+        self,
+        source: DownloadSource,
+        local_path: str,
+        options: DownloadOptions | None,
+        *,
+        kind: str,
+        checkpoint: DownloadCheckpoint | None,
+        sink: DownloadCheckpointSink | None,
+        subscribers: list[Subscriber] | None,
+    ) -> DownloadResult:
+        """One download with progress lines in the task log, cancellable from ``on_kill``."""
+        downloader = Downloader(
+            source,
+            local_path,
+            options,
+            sink=sink,
+            subscribers=[log_progress(self._progress_logger()), *(subscribers or [])],
+            kind=kind,
+        )
+        with self._running(downloader, self._close_data_path):
+            return downloader.run(checkpoint)
 
     def cancel(self) -> None:
         """Stop the running transfer within seconds (from ``on_kill``); its checkpoint stays.

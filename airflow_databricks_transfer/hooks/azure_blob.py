@@ -31,12 +31,12 @@ from airflow_databricks_transfer.clients.azure_blob import (
     translate,
 )
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
-from airflow_databricks_transfer.engine.download import Downloader, DownloadOptions, DownloadResult
+from airflow_databricks_transfer.engine.download import DownloadOptions, DownloadResult
 from airflow_databricks_transfer.engine.planning import AZURE_BLOCKS, MiB
 from airflow_databricks_transfer.engine.ports import DownloadCheckpointSink, UploadCheckpointSink
-from airflow_databricks_transfer.engine.progress import Subscriber, log_progress
+from airflow_databricks_transfer.engine.progress import Subscriber
 from airflow_databricks_transfer.engine.sources import RemoteRangeSource
-from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions, UploadResult
+from airflow_databricks_transfer.engine.upload import UploadOptions, UploadResult
 from airflow_databricks_transfer.hooks._running import CancellableTransfers
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
 
@@ -153,16 +153,15 @@ class AzureBlobTransferHook(CancellableTransfers, BaseHook):
             chunk = chunk_size_bytes
         else:
             chunk = chunk_size_for(source.stat().size)
-        downloader = Downloader(
+        return self.run_download(
             source,
             local_path,
             replace(opts, chunk_size_bytes=chunk),
-            sink=sink,
-            subscribers=[log_progress(self.log), *(subscribers or [])],
             kind="azure_blob.download",
+            checkpoint=checkpoint,
+            sink=sink,
+            subscribers=subscribers,
         )
-        with self._running(downloader):
-            return downloader.run(checkpoint)
 
     def upload_file(
         self,
@@ -180,16 +179,15 @@ class AzureBlobTransferHook(CancellableTransfers, BaseHook):
         retry with ``checkpoint`` asks the service for its staged blocks and sends only the others."""
         if create_container:
             self._ensure_container(container)
-        uploader = Uploader(
+        return self.run_upload(
             self.client.upload_target(BlobRef(container, blob)),
             local_path,
             _for_blocks(options),
-            sink=sink,
-            subscribers=[log_progress(self.log), *(subscribers or [])],
             kind="azure_blob.upload",
+            checkpoint=checkpoint,
+            sink=sink,
+            subscribers=subscribers,
         )
-        with self._running(uploader):
-            return uploader.run(checkpoint)
 
     def copy_blob_to_volume(
         self,
@@ -205,17 +203,16 @@ class AzureBlobTransferHook(CancellableTransfers, BaseHook):
     ) -> UploadResult:
         """Blob -> Volume with no local copy: ranges pinned to the blob's ETag become multipart parts."""
         source = RemoteRangeSource(self.client.download_source(BlobRef(container, blob)))
-        uploader = Uploader(
+        return self.run_upload(
             files_hook.client.upload_target(volume_path),
             source,
             # multipart from the first byte: a single shot would hold the whole blob in memory
             options or UploadOptions(multipart_threshold_bytes=1),
-            sink=sink,
-            subscribers=[log_progress(self.log), *(subscribers or [])],
             kind="azure_blob.to_volume",
+            checkpoint=checkpoint,
+            sink=sink,
+            subscribers=subscribers,
         )
-        with self._running(uploader):
-            return uploader.run(checkpoint)
 
     def copy_volume_to_blob(
         self,
@@ -231,16 +228,15 @@ class AzureBlobTransferHook(CancellableTransfers, BaseHook):
     ) -> UploadResult:
         """Volume -> Blob with no local copy: ranges of the Volume file become staged blocks."""
         source = RemoteRangeSource(files_hook.client.download_source(volume_path))
-        uploader = Uploader(
+        return self.run_upload(
             self.client.upload_target(BlobRef(container, blob)),
             source,
             _for_blocks(options, threshold=1),
-            sink=sink,
-            subscribers=[log_progress(self.log), *(subscribers or [])],
             kind="volume.to_azure_blob",
+            checkpoint=checkpoint,
+            sink=sink,
+            subscribers=subscribers,
         )
-        with self._running(uploader):
-            return uploader.run(checkpoint)
 
     def _ensure_container(self, container: str) -> None:
         from azure.core.exceptions import ResourceExistsError  # noqa: PLC0415 - SDK loaded on use

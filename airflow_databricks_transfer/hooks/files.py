@@ -21,12 +21,12 @@ from airflow_databricks_transfer.clients.files_api import FileInfo, FilesApiClie
 from airflow_databricks_transfer.clients.http import HttpPool
 from airflow_databricks_transfer.connection import config_kwargs, hook_field_behaviour
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
-from airflow_databricks_transfer.engine.download import Downloader, DownloadOptions, DownloadResult
+from airflow_databricks_transfer.engine.download import DownloadOptions, DownloadResult
 from airflow_databricks_transfer.engine.errors import RemoteNotFoundError
 from airflow_databricks_transfer.engine.ports import DownloadCheckpointSink, UploadCheckpointSink
-from airflow_databricks_transfer.engine.progress import Subscriber, log_progress
+from airflow_databricks_transfer.engine.progress import Subscriber
 from airflow_databricks_transfer.engine.retry import RetryPolicy
-from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions, UploadResult
+from airflow_databricks_transfer.engine.upload import UploadOptions, UploadResult
 from airflow_databricks_transfer.hooks._running import CancellableTransfers
 
 
@@ -96,15 +96,15 @@ class DatabricksFilesHook(CancellableTransfers, BaseHook):
         subscribers: list[Subscriber] | None = None,
     ) -> UploadResult:
         """Upload (single-shot or parallel multipart), resuming from ``checkpoint`` when it still fits."""
-        uploader = Uploader(
+        result = self.run_upload(
             self.client.upload_target(volume_path),
             local_path,
             options,
+            kind="files_api.upload",
+            checkpoint=checkpoint,
             sink=sink,
-            subscribers=[log_progress(self.log), *(subscribers or [])],
+            subscribers=subscribers,
         )
-        with self._running(uploader, self._close_data_path):
-            result = uploader.run(checkpoint)
         lineage.report(self, inputs=[lineage.local_uri(local_path)], outputs=[self.volume_uri(volume_path)])
         return result
 
@@ -119,15 +119,15 @@ class DatabricksFilesHook(CancellableTransfers, BaseHook):
         subscribers: list[Subscriber] | None = None,
     ) -> DownloadResult:
         """Parallel ranged download into a temp file beside ``local_path``, verified, then renamed."""
-        downloader = Downloader(
+        result = self.run_download(
             self.client.download_source(volume_path),
             local_path,
             options,
+            kind="files_api.download",
+            checkpoint=checkpoint,
             sink=sink,
-            subscribers=[log_progress(self.log), *(subscribers or [])],
+            subscribers=subscribers,
         )
-        with self._running(downloader, self._close_data_path):
-            result = downloader.run(checkpoint)
         lineage.report(self, inputs=[self.volume_uri(volume_path)], outputs=[lineage.local_uri(local_path)])
         return result
 

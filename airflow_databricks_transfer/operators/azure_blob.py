@@ -10,16 +10,16 @@ part size, and one checkpoint covers both sides.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
 from airflow_databricks_transfer.checkpoints import TaskCheckpointStore
-from airflow_databricks_transfer.engine.download import DownloadOptions
+from airflow_databricks_transfer.engine.download import DownloadOptions, DownloadResult
 from airflow_databricks_transfer.engine.retry import RetryPolicy
-from airflow_databricks_transfer.engine.upload import UploadOptions
+from airflow_databricks_transfer.engine.upload import UploadOptions, UploadResult
 from airflow_databricks_transfer.engine.verify import resolve_verifiers
 from airflow_databricks_transfer.hooks.azure_blob import AzureBlobTransferHook
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
@@ -122,7 +122,16 @@ class _AzureTransferOperator(BaseOperator):
             )
         return checkpoint
 
-    def _finish(self, store: TaskCheckpointStore, out: dict[str, Any]) -> dict[str, Any]:
+    def _transfer(
+        self, store: TaskCheckpointStore, run: Callable[[], UploadResult | DownloadResult]
+    ) -> dict[str, Any]:
+        """Run it; an error no retry can fix fails the task at once; success deletes the checkpoint."""
+        try:
+            result = run()
+        except Exception as err:
+            fail_fast(err)
+            raise
+        out = result.to_dict()
         store.finish(self.kind, out)
         return out
 
@@ -204,8 +213,9 @@ class AzureBlobToLocalFilesystemOperator(_AzureTransferOperator):
             retry=self.transfer_retry,
             verifiers=tuple(resolve_verifiers(self.verify)),
         )
-        try:
-            result = self.hook.download_file(
+        return self._transfer(
+            store,
+            lambda: self.hook.download_file(
                 str(self.container_name),
                 str(self.blob_name),
                 local_path,
@@ -213,11 +223,8 @@ class AzureBlobToLocalFilesystemOperator(_AzureTransferOperator):
                 options=options,
                 checkpoint=checkpoint,
                 sink=store,
-            )
-        except Exception as err:
-            fail_fast(err)
-            raise
-        return self._finish(store, result.to_dict())
+            ),
+        )
 
 
 @_documented
@@ -263,8 +270,9 @@ class LocalFilesystemToAzureBlobOperator(_AzureTransferOperator):
         options = self._upload_options(
             self.block_size_bytes, self.single_put_threshold_bytes, self.overwrite, full_sha256=True
         )
-        try:
-            result = self.hook.upload_file(
+        return self._transfer(
+            store,
+            lambda: self.hook.upload_file(
                 str(self.local_path),
                 str(self.container_name),
                 str(self.blob_name),
@@ -272,11 +280,8 @@ class LocalFilesystemToAzureBlobOperator(_AzureTransferOperator):
                 checkpoint=checkpoint,
                 sink=store,
                 create_container=self.create_container,
-            )
-        except Exception as err:
-            fail_fast(err)
-            raise
-        return self._finish(store, result.to_dict())
+            ),
+        )
 
 
 class _VolumeSideOperator(_AzureTransferOperator):
@@ -330,8 +335,9 @@ class AzureBlobToDatabricksVolumeOperator(_VolumeSideOperator):
         store = self._store(context)
         checkpoint = self._resume_upload(store)
         options = self._upload_options(self.part_size_bytes, 1, self.overwrite, full_sha256=False)
-        try:
-            result = self.hook.copy_blob_to_volume(
+        return self._transfer(
+            store,
+            lambda: self.hook.copy_blob_to_volume(
                 str(self.container_name),
                 str(self.blob_name),
                 self.files_hook,
@@ -339,11 +345,8 @@ class AzureBlobToDatabricksVolumeOperator(_VolumeSideOperator):
                 options=options,
                 checkpoint=checkpoint,
                 sink=store,
-            )
-        except Exception as err:
-            fail_fast(err)
-            raise
-        return self._finish(store, result.to_dict())
+            ),
+        )
 
     def on_kill(self) -> None:
         super().on_kill()
@@ -363,8 +366,9 @@ class DatabricksVolumeToAzureBlobOperator(_VolumeSideOperator):
         store = self._store(context)
         checkpoint = self._resume_upload(store)
         options = self._upload_options(self.part_size_bytes, 1, self.overwrite, full_sha256=False)
-        try:
-            result = self.hook.copy_volume_to_blob(
+        return self._transfer(
+            store,
+            lambda: self.hook.copy_volume_to_blob(
                 self.files_hook,
                 str(self.volume_path),
                 str(self.container_name),
@@ -372,8 +376,5 @@ class DatabricksVolumeToAzureBlobOperator(_VolumeSideOperator):
                 options=options,
                 checkpoint=checkpoint,
                 sink=store,
-            )
-        except Exception as err:
-            fail_fast(err)
-            raise
-        return self._finish(store, result.to_dict())
+            ),
+        )
