@@ -33,9 +33,10 @@ the Azure SDK is imported only when a client is built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, distribution
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse, urlunparse
+
+from airflow_databricks_transfer import connection_forms as forms
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
@@ -140,48 +141,30 @@ PLACEHOLDERS = {
 }
 HIDDEN_FIELDS = ["schema", "port"]
 
-UI_FIELD_BEHAVIOUR: dict[str, Any] = {
-    "hidden-fields": HIDDEN_FIELDS,
-    "relabeling": LABELS,
-    "placeholders": PLACEHOLDERS,
-}
+UI_FIELD_BEHAVIOUR: dict[str, Any] = forms.ui_behaviour(HIDDEN_FIELDS, LABELS, PLACEHOLDERS)
 
 
 def official_provider_installed() -> bool:
     """True when apache-airflow-providers-microsoft-azure is installed (it then owns the ``wasb`` type)."""
-    try:
-        distribution(OFFICIAL_PROVIDER)
-    except PackageNotFoundError:
-        return False
-    return True
+    return forms.installed(OFFICIAL_PROVIDER)
 
 
 def connection_types() -> list[dict[str, Any]]:
-    """The provider-info ``connection-types``: ours only where the official provider does not register it.
-
-    Airflow keeps the first registration of a type and visits ``airflow-databricks-transfer`` first, so
-    registering ``wasb`` next to the official provider would replace its form for every Azure user.
-    """
-    if official_provider_installed():
-        return []
-    return [
-        {
-            "connection-type": CONN_TYPE,
-            "hook-class-name": HOOK_CLASS,
-            "hook-name": "Azure Blob Storage",
-            "conn-fields": EXTRA_FIELDS,
-            "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
-        }
-    ]
+    """The provider-info ``connection-types``: ours only where the official provider does not register it
+    (see ``connection_forms``)."""
+    return forms.registration(
+        official_provider_installed(),
+        CONN_TYPE,
+        HOOK_CLASS,
+        "Azure Blob Storage",
+        EXTRA_FIELDS,
+        UI_FIELD_BEHAVIOUR,
+    )
 
 
 def hook_field_behaviour() -> dict[str, Any]:
     """The same behaviour in the shape of ``BaseHook.get_ui_field_behaviour``."""
-    return {
-        "hidden_fields": list(HIDDEN_FIELDS),
-        "relabeling": dict(LABELS),
-        "placeholders": dict(PLACEHOLDERS),
-    }
+    return forms.hook_behaviour(HIDDEN_FIELDS, LABELS, PLACEHOLDERS)
 
 
 # ------------------------------------------------------------------------------------------ client spec

@@ -10,8 +10,9 @@ info is built from this module while Airflow discovers providers.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, distribution
 from typing import Any, NoReturn
+
+from airflow_databricks_transfer import connection_forms as forms
 
 CONN_TYPE = "databricks"
 OFFICIAL_PROVIDER = "apache-airflow-providers-databricks"
@@ -88,40 +89,20 @@ PLACEHOLDERS = {
 }
 HIDDEN_FIELDS = ["schema", "port"]
 
-UI_FIELD_BEHAVIOUR: dict[str, Any] = {
-    "hidden-fields": HIDDEN_FIELDS,
-    "relabeling": LABELS,
-    "placeholders": PLACEHOLDERS,
-}
+UI_FIELD_BEHAVIOUR: dict[str, Any] = forms.ui_behaviour(HIDDEN_FIELDS, LABELS, PLACEHOLDERS)
 
 
 def official_provider_installed() -> bool:
     """True when apache-airflow-providers-databricks is installed (it then owns the ``databricks`` type)."""
-    try:
-        distribution(OFFICIAL_PROVIDER)
-    except PackageNotFoundError:
-        return False
-    return True
+    return forms.installed(OFFICIAL_PROVIDER)
 
 
 def connection_types() -> list[dict[str, Any]]:
-    """The provider-info ``connection-types``: ours only where the official provider does not register it.
-
-    Airflow keeps the first registration of a connection type (providers are visited in name order, and
-    ``airflow-databricks-transfer`` sorts first), so registering it next to the official provider would
-    replace the official form and Test button for every Databricks user.
-    """
-    if official_provider_installed():
-        return []
-    return [
-        {
-            "connection-type": CONN_TYPE,
-            "hook-class-name": HOOK_CLASS,
-            "hook-name": "Databricks",
-            "conn-fields": EXTRA_FIELDS,
-            "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
-        }
-    ]
+    """The provider-info ``connection-types``: ours only where the official provider does not register it
+    (see ``connection_forms``)."""
+    return forms.registration(
+        official_provider_installed(), CONN_TYPE, HOOK_CLASS, "Databricks", EXTRA_FIELDS, UI_FIELD_BEHAVIOUR
+    )
 
 
 _TRUE = ("true", "1", "yes", "on")
@@ -205,8 +186,4 @@ def config_kwargs(
 
 def hook_field_behaviour() -> dict[str, Any]:
     """The same behaviour in the shape of the (pre-3.2) ``BaseHook.get_ui_field_behaviour``."""
-    return {
-        "hidden_fields": list(HIDDEN_FIELDS),
-        "relabeling": dict(LABELS),
-        "placeholders": dict(PLACEHOLDERS),
-    }
+    return forms.hook_behaviour(HIDDEN_FIELDS, LABELS, PLACEHOLDERS)
