@@ -235,8 +235,8 @@ class AzureBlobClient:
     def download_source(self, ref: BlobRef) -> AzureBlobDownloadSource:
         return AzureBlobDownloadSource(self, ref)
 
-    def upload_target(self, ref: BlobRef) -> AzureBlobUploadTarget:
-        return AzureBlobUploadTarget(self, ref)
+    def upload_target(self, ref: BlobRef, *, overwrite: bool = True) -> AzureBlobUploadTarget:
+        return AzureBlobUploadTarget(self, ref, overwrite=overwrite)
 
 
 class _BytesReader:
@@ -328,10 +328,14 @@ def _part_of(upload_id: str, block: str) -> int | None:
 
 
 class AzureBlobUploadTarget:
-    """Staged blocks + a committed block list; small files go in one Put Blob."""
+    """Staged blocks + a committed block list; small files go in one Put Blob.
 
-    def __init__(self, client: AzureBlobClient, ref: BlobRef) -> None:
-        self.client, self.ref = client, ref
+    With ``overwrite`` off the commit itself is conditional (If-None-Match: *), so a blob another writer
+    created while the blocks were staged is never replaced.
+    """
+
+    def __init__(self, client: AzureBlobClient, ref: BlobRef, *, overwrite: bool = True) -> None:
+        self.client, self.ref, self.overwrite = client, ref, overwrite
 
     @property
     def destination(self) -> str:
@@ -443,8 +447,9 @@ class AzureBlobUploadTarget:
         blob = self.client.blob(self.ref)
         blocks = [BlobBlock(block_id(token, n)) for n, _ in parts]
         settings = ContentSettings(content_md5=bytearray(content_md5)) if content_md5 else None
+        conditions: dict[str, Any] = {} if self.overwrite else {"match_condition": MatchConditions.IfMissing}
         _call(
-            lambda: blob.commit_block_list(blocks, content_settings=settings),
+            lambda: blob.commit_block_list(blocks, content_settings=settings, **conditions),
             f"Put Block List of {self.destination}",
         )
 

@@ -859,6 +859,15 @@ class Uploader:
             # A complete whose answer was lost, or a resume after one, finds no session; so does one
             # whose session expired or was aborted. Only a file provably written by it counts.
             self._accept_lost_session(cp, err)
+        except AlreadyExistsError as err:
+            # overwrite is off: a commit repeated after its answer was lost finds its own object; any
+            # other object there (a writer who came during the upload) is kept and the upload fails
+            if cp.session_started_at is None:
+                raise
+            ours, why = self._ours(cp.source.size, cp.session_started_at, cp.pre_upload)
+            if not ours:
+                raise AlreadyExistsError(f"{err}; {why}, so it is not replaced (overwrite is off)") from err
+            log.info("%s: an earlier commit of this upload succeeded (%s)", cp.destination, why)
 
     def _check_committed_size(self, cp: UploadCheckpoint) -> None:
         """Parts acknowledged without an ETag (an Azure Put Block behind the Files API, or a block list)

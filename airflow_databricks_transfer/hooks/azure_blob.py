@@ -179,10 +179,11 @@ class AzureBlobTransferHook(CancellableTransfers, BaseHook):
         retry with ``checkpoint`` asks the service for its staged blocks and sends only the others."""
         if create_container:
             self._ensure_container(container)
+        opts = _for_blocks(options)
         return self.run_upload(
-            self.client.upload_target(BlobRef(container, blob)),
+            self.client.upload_target(BlobRef(container, blob), overwrite=opts.overwrite),
             local_path,
-            _for_blocks(options),
+            opts,
             kind="azure_blob.upload",
             checkpoint=checkpoint,
             sink=sink,
@@ -228,10 +229,11 @@ class AzureBlobTransferHook(CancellableTransfers, BaseHook):
     ) -> UploadResult:
         """Volume -> Blob with no local copy: ranges of the Volume file become staged blocks."""
         source = RemoteRangeSource(files_hook.client.download_source(volume_path))
+        opts = _for_blocks(options, threshold=1)
         return self.run_upload(
-            self.client.upload_target(BlobRef(container, blob)),
+            self.client.upload_target(BlobRef(container, blob), overwrite=opts.overwrite),
             source,
-            _for_blocks(options, threshold=1),
+            opts,
             kind="volume.to_azure_blob",
             checkpoint=checkpoint,
             sink=sink,
