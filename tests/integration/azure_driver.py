@@ -82,10 +82,10 @@ def main() -> int:
             kind="azure_blob.upload",
         )
     else:
-        from databricks.sdk import WorkspaceClient  # noqa: PLC0415 - only this mode needs it
-        from databricks.sdk.core import Config  # noqa: PLC0415
+        from databricks.sdk import WorkspaceClient
+        from databricks.sdk.core import Config
 
-        from airflow_databricks_transfer.clients.files_api import FilesApiClient  # noqa: PLC0415
+        from airflow_databricks_transfer.clients.files_api import FilesApiClient
 
         files = FilesApiClient(
             WorkspaceClient(
