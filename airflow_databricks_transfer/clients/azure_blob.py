@@ -102,7 +102,8 @@ def _status(err: HttpResponseError) -> int | None:
 def _error_code(err: AzureError) -> str:
     code = getattr(err, "error_code", None)
     if code:
-        return str(code)
+        # the SDK stores known codes as StorageErrorCode members, whose str() is "StorageErrorCode.X"
+        return str(getattr(code, "value", code))
     response = getattr(err, "response", None)
     headers = getattr(response, "headers", None) or {}
     return str(headers.get("x-ms-error-code", ""))
@@ -116,6 +117,12 @@ def _retry_after(err: AzureError) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+# Azure answers a wrong key, an expired SAS and a missing permission alike (403), so name all three
+_AUTH_HINT = (
+    "(check the account key, the SAS token's permissions and expiry, or the identity's role on the container)"
+)
 
 
 def translate(err: BaseException, what: str) -> BaseException:
@@ -134,10 +141,7 @@ def translate(err: BaseException, what: str) -> BaseException:
     if isinstance(err, ResourceExistsError):
         return AlreadyExistsError(f"{detail}: already exists")
     if isinstance(err, ClientAuthenticationError):
-        return AuthError(
-            f"{detail}: refused (check the account key, the SAS token's permissions and expiry, or the "
-            "identity's role on the container)"
-        )
+        return AuthError(f"{detail}: refused {_AUTH_HINT}")
     if isinstance(err, (IncompleteReadError, ServiceResponseError, ServiceRequestError)):
         return ConnectionLostError(f"{detail}: {err.__class__.__name__}")
     if isinstance(err, HttpResponseError):
@@ -156,7 +160,7 @@ def translate(err: BaseException, what: str) -> BaseException:
                 f"{detail}: staged blocks of this upload are gone (expired after 7 days?)"
             )
         if status in (401, 403):
-            return AuthError(f"{detail}: refused ({status})")
+            return AuthError(f"{detail}: refused ({status}) {_AUTH_HINT}")
         return InvalidRequestError(f"{detail}: refused ({status})")
     if isinstance(err, AzureError):
         return ConnectionLostError(f"{detail}: {err.__class__.__name__}")

@@ -1,15 +1,16 @@
-"""AzureBlobTransferHook through real Airflow connections (AIRFLOW_CONN_* JSON) against Azurite."""
+"""AzureBlobTransferHook through real Airflow connections (AIRFLOW_CONN_* JSON) against Azurite.
+
+Azurite is the session fixture (testing/pytest_plugin.py): a missing Azurite fails these tests, never
+skips them.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +21,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
 from airflow_databricks_transfer.hooks.azure_blob import AzureBlobTransferHook
+from airflow_databricks_transfer.testing.azurite import Azurite
 from tests.venv_without import venv_without
 
 pytestmark = pytest.mark.integration
@@ -28,48 +30,6 @@ ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development key (public, documented by Microsoft)
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 OFFICIAL = "apache-airflow-providers-microsoft-azure"
-AZURITE_DIR = Path(os.environ.get("ADT_AZURITE_DIR", "/tmp/azurite-npm"))
-
-
-# TODO(lead: switch to the azurite fixture): the "azurite" task adds a session fixture to
-# airflow_databricks_transfer/testing/pytest_plugin.py; this helper is the stop-gap until it lands.
-def start_azurite(location: Path) -> tuple[subprocess.Popen[str], str]:
-    """Start Azurite's blob service on a free loopback port; (process, account endpoint URL)."""
-    binary = AZURITE_DIR / "node_modules" / ".bin" / "azurite-blob"
-    if not binary.exists():
-        pytest.skip(f"Azurite is not installed: cd {AZURITE_DIR} && npm install azurite@3.37.0")
-    proc = subprocess.Popen(
-        [
-            *(str(binary), "--blobHost", "127.0.0.1", "--blobPort", "0", "--location", str(location)),
-            *("--silent", "--disableTelemetry", "--skipApiVersionCheck"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    seen: list[str] = []
-    for line in proc.stdout:  # ends when Azurite exits
-        seen.append(line)
-        found = re.search(r"listens on (http://127\.0\.0\.1:\d+)", line)
-        if found:
-            # keep draining stdout so Azurite never blocks on a full pipe
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, f"{found.group(1)}/{ACCOUNT}"
-    proc.wait()
-    raise RuntimeError("Azurite did not start: " + "".join(seen)[-2000:])
-
-
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    location = tmp_path_factory.mktemp("azurite")
-    proc, endpoint = start_azurite(location)
-    try:
-        yield endpoint
-    finally:
-        proc.terminate()  # SIGTERM flushes and exits cleanly
-        proc.wait(timeout=30)
-        shutil.rmtree(location, ignore_errors=True)
 
 
 def connection_string(endpoint: str) -> str:
@@ -108,9 +68,9 @@ CONNECTIONS: dict[str, Any] = {
 
 @pytest.mark.parametrize("form", sorted(CONNECTIONS))
 def test_round_trip_through_each_connection_form(
-    form: str, azurite: str, airflow_home: Path, monkeypatch: pytest.MonkeyPatch
+    form: str, azurite: Azurite, airflow_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    conn_id = add_connection(monkeypatch, f"wasb_{form}", **CONNECTIONS[form](azurite))
+    conn_id = add_connection(monkeypatch, f"wasb_{form}", **CONNECTIONS[form](azurite.blob_endpoint))
     hook = AzureBlobTransferHook(conn_id)
     container = f"rt-{form.replace('_', '-')}-{uuid.uuid4().hex[:8]}"
     hook.container_client(container).create_container()
@@ -126,10 +86,12 @@ def test_round_trip_through_each_connection_form(
 
 
 def test_wrong_key_is_a_clear_error(
-    azurite: str, airflow_home: Path, monkeypatch: pytest.MonkeyPatch
+    azurite: Azurite, airflow_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="
-    conn_id = add_connection(monkeypatch, "wasb_wrong", host=azurite, login=ACCOUNT, password=wrong)
+    conn_id = add_connection(
+        monkeypatch, "wasb_wrong", host=azurite.blob_endpoint, login=ACCOUNT, password=wrong
+    )
     hook = AzureBlobTransferHook(conn_id)
     with pytest.raises(HttpResponseError, match="failed to authenticate the request") as err:
         hook.container_client("never-made").create_container()
@@ -191,11 +153,11 @@ print(hook.blob_client(sys.argv[2], "b.txt").download_blob().readall().decode())
 
 
 def test_works_without_the_official_azure_provider(
-    azurite: str, airflow_home: Path, monkeypatch: pytest.MonkeyPatch
+    azurite: Azurite, airflow_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A user may not have the Azure provider: a fresh process where it is absent still round-trips."""
     conn_id = add_connection(
-        monkeypatch, "wasb_alone", extra={"connection_string": connection_string(azurite)}
+        monkeypatch, "wasb_alone", extra={"connection_string": connection_string(azurite.blob_endpoint)}
     )
     python = venv_without(airflow_home / "venv", OFFICIAL)
     out = subprocess.run(
