@@ -6,6 +6,7 @@ moment leaves either the previous checkpoint or the new one, never half of one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -31,9 +32,13 @@ def transfer_key(kind: str, source: str, destination: str) -> str:
 
 
 class FileCheckpointSink(Generic[C]):
-    def __init__(self, path: str | os.PathLike[str], cls: type[C]) -> None:
+    """One checkpoint file of one kind (e.g. ``azure_blob.upload``): a file of another kind is refused."""
+
+    def __init__(self, path: str | os.PathLike[str], cls: type[C], kind: str | None = None) -> None:
         self.path = Path(path)
-        self._from_json: Callable[[str], C] = cls.from_json
+        self._from_json: Callable[[str], C] = (
+            cls.from_json if kind is None else functools.partial(cls.from_json, kind=kind)
+        )
 
     def load(self) -> C | None:
         """The stored checkpoint, None if there is none; CheckpointError if it is unusable."""

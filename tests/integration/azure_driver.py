@@ -13,7 +13,6 @@ hook on the client: the part numbers of its Put Block calls and how many ranged 
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
 import sys
@@ -33,14 +32,6 @@ from airflow_databricks_transfer.engine.sources import RemoteRangeSource
 from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions
 
 FAST_RETRY = RetryPolicy(base_delay_s=0.05, max_delay_s=0.2, max_retry_after_s=2)
-
-
-class KindSink(FileCheckpointSink[UploadCheckpoint]):
-    """A checkpoint file of one Azure kind (FileCheckpointSink loads only the default Files API kind)."""
-
-    def __init__(self, path: str | os.PathLike[str], kind: str) -> None:
-        super().__init__(path, UploadCheckpoint)
-        self._from_json = functools.partial(UploadCheckpoint.from_json, kind=kind)
 
 
 KINDS = {"upload": "azure_blob.upload", "to_volume": "azure_blob.to_volume"}
@@ -76,7 +67,7 @@ def main() -> int:
     azure = AzureBlobClient(service)
     ref = BlobRef(spec["container"], spec["blob"])
     kind = KINDS[spec["mode"]]
-    sink = KindSink(spec["checkpoint"], kind)
+    sink = FileCheckpointSink(spec["checkpoint"], UploadCheckpoint, kind)
     rate = float(spec.get("rate", 0))
     options = UploadOptions(
         part_size_bytes=int(spec["part_size"]),

@@ -29,13 +29,14 @@ from databricks.sdk.core import Config
 
 from airflow_databricks_transfer.clients.azure_blob import AzureBlobClient, BlobRef
 from airflow_databricks_transfer.clients.files_api import FilesApiClient
+from airflow_databricks_transfer.engine.checkpoint import UploadCheckpoint
+from airflow_databricks_transfer.engine.localstate import FileCheckpointSink
 from airflow_databricks_transfer.engine.planning import AZURE_BLOCKS
 from airflow_databricks_transfer.engine.retry import RetryPolicy
 from airflow_databricks_transfer.engine.sources import RemoteRangeSource
 from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions
 from airflow_databricks_transfer.testing.azurite import Azurite
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
-from tests.integration.azure_driver import KindSink
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +142,7 @@ def test_killed_upload_resumes_and_stages_only_missing_blocks(
     # block: every later block is on the store but not in the checkpoint
     proc = driver.start(rate=8 * MiB)
     driver.kill_when(proc, lambda: len(staged_parts(direct, container, blob)) >= 5, "5 blocks staged")
-    at_kill = KindSink(ckpt, "azure_blob.upload").load()
+    at_kill = FileCheckpointSink(ckpt, UploadCheckpoint, "azure_blob.upload").load()
     assert at_kill is not None and at_kill.part_count == parts
     staged = staged_parts(direct, container, blob)
     assert len(staged) < parts and not direct.get_blob_client(container, blob).exists()
@@ -180,7 +181,7 @@ def test_killed_blob_to_volume_resumes_on_both_sides_and_round_trips(
     blob, dest = f"to-vol-{uuid.uuid4().hex[:8]}.bin", f"{VOL}/from-azure.bin"
     direct.get_blob_client(container, blob).upload_blob(data)
     ckpt = tmp_path / "to-volume.ckpt.json"
-    sink = KindSink(ckpt, "azure_blob.to_volume")
+    sink = FileCheckpointSink(ckpt, UploadCheckpoint, "azure_blob.to_volume")
     driver = Driver(
         azurite,
         {
