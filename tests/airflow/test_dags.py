@@ -207,14 +207,20 @@ def test_example_dags_import_without_errors(adt_airflow: AirflowHome) -> None:
     bag = json.loads(lines[-1][len("DAGBAG ") :])
     assert bag["errors"] == {}
     example_files = sorted(p.name for p in EXAMPLE_DAGS.glob("*.py"))
-    assert example_files == ["databricks_volume_roundtrip.py", "databricks_volume_sensor.py"]
+    assert example_files == [
+        "azure_blob_volume.py",
+        "databricks_volume_roundtrip.py",
+        "databricks_volume_sensor.py",
+    ]
     assert bag["dags"] == [
+        "azure_blob_volume_roundtrip",
         "databricks_volume_roundtrip",
         "databricks_volume_roundtrip_daily",
         "databricks_volume_sensor",
     ]
     # the ones people trigger by hand have no schedule (unpausing them starts no run); one is scheduled
     assert bag["schedules"] == {
+        "azure_blob_volume_roundtrip": None,
         "databricks_volume_roundtrip": None,
         "databricks_volume_roundtrip_daily": "@daily",
         "databricks_volume_sensor": None,
