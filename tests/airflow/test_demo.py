@@ -36,6 +36,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Completed
             str(REPO / "scripts" / "demo.py"),
             "--size-mib",
             str(SIZE_MIB),
+            "--azure-size-mib",
+            "16",
             "--summary-json",
             str(out),
         ],
@@ -58,6 +60,9 @@ def test_demo_succeeds_and_prints_the_resumed_retry(
     proc, summary = demo
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "CHECK FAILED" not in proc.stdout
+    # the Azure DAG moved the file local -> Blob -> Volume -> Blob -> local unchanged
+    assert summary["azure"]["sha256_match"] is True and summary["azure"]["bytes"] == 16 * 1024 * 1024
+    assert "identical after local -> Blob -> Volume -> Blob -> local" in proc.stdout
     assert summary["upload"]["problems"] == []
     assert all(d["ok"] for d in summary["dags"].values())
     lines = proc.stdout.splitlines()
