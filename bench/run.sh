@@ -4,6 +4,7 @@
 #   bench/run.sh emulator [args]      bench/emulator_bench.py: the emulator vs the loopback ceiling
 #   bench/run.sh transfer [args]      bench/transfer_bench.py: the hook vs databricks-sdk FilesExt
 #   bench/run.sh checkpoint [args]    bench/checkpoint_bench.py: cost of chunk durability and checkpoint writes
+#   bench/run.sh azure [args]         bench/azure_bench.py: Azure Blob through the engine vs azure-storage-blob
 # Extra args go to the chosen script (each has --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,11 +26,15 @@ case "${1:-}" in
         shift
         exec "$py" bench/checkpoint_bench.py "$@"
         ;;
+    azure)
+        shift
+        exec "$py" bench/azure_bench.py "$@"
+        ;;
     -h | --help | help)
-        sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
-        echo "usage: bench/run.sh [emulator|transfer|checkpoint] [args...]  (bench/run.sh --help)" >&2
+        echo "usage: bench/run.sh [emulator|transfer|checkpoint|azure] [args...]  (bench/run.sh --help)" >&2
         exit 2
         ;;
 esac
