@@ -123,6 +123,7 @@ def _prepare(spec: dict[str, Any]) -> Callable[[], dict[str, Any]]:
         ref = BlobRef(container, blob_name)
         if kind == "ours_dl":
             sha = spec["sha256"]
+            md5 = spec.get("md5", sha)
 
             def ours_dl() -> dict[str, Any]:
                 # as AzureBlobTransferHook.download_file: the range size from the blob's size
@@ -131,7 +132,7 @@ def _prepare(spec: dict[str, Any]) -> Callable[[], dict[str, Any]]:
                     parallelism=par,
                     chunk_size_bytes=chunk_size_for(source.stat().size),
                     compute_sha256=sha,
-                    verify_content_md5=sha,
+                    verify_content_md5=md5,
                 )
                 return Downloader(source, local, opts, kind="azure_blob.download").run().to_dict()
 
@@ -514,7 +515,10 @@ def build_variants(ctx: Ctx) -> list[Variant]:
             ctx, "dl_ours", "ours Downloader, SHA-256 + Content-MD5", "ours_dl", "ours", sha256=True
         ),
         download_variant(
-            ctx, "dl_ours_nohash", "ours Downloader, no hashing", "ours_dl", "ours", sha256=False
+            ctx, "dl_ours_md5", "ours Downloader, Content-MD5 only", "ours_dl", "ours", sha256=False, md5=True
+        ),
+        download_variant(
+            ctx, "dl_ours_nohash", "ours Downloader, no hashing", "ours_dl", "ours", sha256=False, md5=False
         ),
         download_variant(ctx, "dl_sdk", f"SDK download_blob(mc={p}).readinto", "sdk_dl", "sdk"),
         download_variant(ctx, "dl_readall", "SDK readall() (WasbHook.get_file)", "sdk_readall", "sdk"),

@@ -20,7 +20,7 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -517,7 +517,14 @@ class Downloader:
         md5 = bool(
             opts.verify_content_md5 and remote.content_md5 and cp.offset == 0 and cp.length == remote.size
         )
-        hasher = _InOrderHasher(cp, self._stop, direct, md5) if opts.compute_sha256 or md5 else None
+        # one thread per digest: each reads the file in order behind the writers, and on two cores
+        # SHA-256 (~1.6 GB/s) and MD5 (~0.75 GB/s) side by side keep up with the network where one
+        # thread doing both held a verified Azurite download at the SDK's speed
+        hashers = {
+            name: _InOrderHasher(cp, self._stop, direct, name)
+            for name, wanted in (("sha256", opts.compute_sha256 or md5), ("md5", md5))
+            if wanted
+        }
         write_lock = threading.Lock()
 
         def worker(next_chunk: Callable[[], int | None]) -> None:
@@ -527,7 +534,7 @@ class Downloader:
                 while (index := next_chunk()) is not None:
                     start = index * cp.chunk_size
                     size = min(cp.chunk_size, cp.length - start)
-                    written = functools.partial(hasher.advance, index) if hasher is not None else None
+                    written = functools.partial(_advance_all, hashers.values(), index) if hashers else None
                     self._fetch_chunk(out, buf, start, size, remote, tracker, limiter, written)
                     with self._lock:
                         state["cp"] = state["cp"].with_chunk(index)
@@ -550,7 +557,8 @@ class Downloader:
             saver.close()
             if sync_fd is not None:
                 os.close(sync_fd)
-        digest, md5_digest = hasher.result() if hasher is not None else (None, None)
+        digest = hashers["sha256"].result().hex() if "sha256" in hashers else None
+        md5_digest = hashers["md5"].result() if "md5" in hashers else None
         return self._finish(
             state["cp"],
             remote,
@@ -747,23 +755,28 @@ class Downloader:
         )
 
 
+def _advance_all(hashers: Iterable[_InOrderHasher], index: int, upto: int) -> None:
+    for hasher in hashers:
+        hasher.advance(index, upto)
+
+
 class _InOrderHasher:
-    """SHA-256 of the result, computed while it downloads: one thread reads the temp file in order,
-    right behind the written prefix of each chunk, on the core the network leaves idle. After O_DIRECT
-    writes the reads come from disk (the kernel's readahead keeps ahead of the hash) and each range read
-    is dropped from the page cache again, so hashing takes no new page-cache pages."""
+    """A digest of the result (SHA-256, MD5), computed while it downloads: one thread reads the temp
+    file in order, right behind the written prefix of each chunk, on a core the network leaves idle.
+    After O_DIRECT writes the reads come from disk (the kernel's readahead keeps ahead of the hash) and
+    each range read is dropped from the page cache again, so hashing takes no new page-cache pages."""
 
     def __init__(
-        self, cp: DownloadCheckpoint, stop: threading.Event, direct: bool = False, md5: bool = False
+        self, cp: DownloadCheckpoint, stop: threading.Event, direct: bool = False, algorithm: str = "sha256"
     ) -> None:
-        self._cp, self._stop, self._md5 = cp, stop, md5
+        self._cp, self._stop, self._algorithm = cp, stop, algorithm
         self._direct = direct and bool(_O_DIRECT) and hasattr(os, "posix_fadvise")
         # end of the written prefix of each chunk that is in progress or done (absolute offsets)
         self._upto = {i: min((i + 1) * cp.chunk_size, cp.length) for i in cp.done_chunks}
         self._cond = threading.Condition()
-        self._digest: tuple[str | None, bytes | None] = (None, None)
+        self._digest = b""
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="download-sha256", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"download-{algorithm}", daemon=True)
         self._thread.start()
 
     def advance(self, index: int, upto: int) -> None:
@@ -783,8 +796,7 @@ class _InOrderHasher:
 
     def _run(self) -> None:
         cp = self._cp
-        h = hashlib.sha256()
-        m = hashlib.md5(usedforsecurity=False) if self._md5 else None
+        h = hashlib.new(self._algorithm, usedforsecurity=False)
         buf = memoryview(bytearray(4 * MiB))
         try:
             fd = os.open(cp.temp_path, os.O_RDONLY)
@@ -800,8 +812,6 @@ class _InOrderHasher:
                             if n == 0:
                                 raise FatalError(f"{cp.temp_path} is shorter than expected")
                             h.update(buf[:n])
-                            if m is not None:
-                                m.update(buf[:n])
                             if self._direct:
                                 # the bytes went to disk past the page cache: drop what this read brought
                                 # in, so the next reads reuse those pages (new ones cost 1-2 s per GiB)
@@ -809,12 +819,11 @@ class _InOrderHasher:
                             pos += n
             finally:
                 os.close(fd)
-            self._digest = (h.hexdigest(), m.digest() if m is not None else None)
+            self._digest = h.digest()
         except BaseException as err:  # noqa: BLE001 - re-raised by result()
             self._error = err
 
-    def result(self) -> tuple[str | None, bytes | None]:
-        """(SHA-256 hex, MD5 bytes when asked)."""
+    def result(self) -> bytes:
         self._thread.join()
         if self._error is not None:
             raise self._error

@@ -40,7 +40,6 @@ from airflow_databricks_transfer.clients.azure_blob import (
     AzureBlobDownloadSource,
     AzureBlobUploadTarget,
     BlobRef,
-    _BytesReader,
 )
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, RemoteVersion
 from airflow_databricks_transfer.engine.download import Downloader, DownloadOptions, temp_path_for
@@ -51,6 +50,7 @@ from airflow_databricks_transfer.engine.errors import (
     VerificationError,
 )
 from airflow_databricks_transfer.engine.planning import AZURE_BLOCKS
+from airflow_databricks_transfer.engine.ports import RangeReader
 from airflow_databricks_transfer.engine.retry import Cancelled, RetryPolicy
 from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions
 from airflow_databricks_transfer.engine.verify import resolve_verifiers
@@ -144,7 +144,7 @@ class SteppedSource(AzureBlobDownloadSource):
 
     def open_range(
         self, start: int, length: int, pinned: RemoteVersion, *, cancel: threading.Event | None = None
-    ) -> _BytesReader:
+    ) -> RangeReader:
         with self.lock:
             self.calls += 1
             action = self.before.pop(self.calls, None)
