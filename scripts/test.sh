@@ -6,4 +6,9 @@ bash scripts/bootstrap.sh
 echo "== ruff"; .venv/bin/ruff check .
 echo "== ruff format"; .venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy
-echo "== pytest"; exec .venv/bin/python -m pytest "$@"
+echo "== pytest"
+if [ "$#" -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi
+# Unit and integration tests on two workers (a file's tests stay together: they share its servers).
+.venv/bin/python -m pytest -n 2 --dist loadfile tests/unit tests/integration
+# The real-Airflow tests one after another: each starts an Airflow stack on the machine's PostgreSQL/Redis.
+exec .venv/bin/python -m pytest tests/airflow
