@@ -17,7 +17,6 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ from airflow_databricks_transfer.engine.checkpoint import UploadCheckpoint
 from airflow_databricks_transfer.testing.azurite import Azurite
 from airflow_databricks_transfer.testing.faultproxy import FaultProxy
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
-from airflow_databricks_transfer.testing.files_api.requestlog import LoggedRequest
+from tests.airflow.resume_accounting import check_only_unfinished_parts_resent
 from tests.airflow.stack import REPO, AirflowStack, wait_for
 from tests.integration.conftest import MiB, make_file, sha256_file
 
@@ -130,10 +129,6 @@ def volume_sha256(emu: FilesApiEmulator, path: str) -> str:
     return h.hexdigest()
 
 
-def ok(request: LoggedRequest) -> bool:
-    return 200 <= request.status < 300 and not request.dropped
-
-
 def checkpoint(stack: AirflowStack, run_id: str) -> UploadCheckpoint | None:
     store = stack.state_store(RESUME_DAG, run_id, "copy")
     head = store.get("checkpoint")
@@ -176,34 +171,11 @@ def test_killed_blob_to_volume_copy_resumes_on_retry(
     assert result["parts_resumed"] >= len(at_kill.parts)
     assert result["bytes"] == SIZE and result["parts"] == at_kill.part_count
 
-    # Volume side, from the emulator's log of part PUTs, split at try 2's start (a try-1 PUT began
-    # before the kill, a try-2 PUT after try 2 started, so the split needs no timing assumption)
-    try2_start = datetime.fromisoformat(tries[1]["start_date"]).timestamp()
-    puts: dict[str, dict[int, list[LoggedRequest]]] = {"try1": {}, "try2": {}}
-    for r in emulator.requests("presigned.part"):
-        if r.path == dest and r.part_number is not None:
-            which = "try1" if r.time - r.duration_s < try2_start else "try2"
-            puts[which].setdefault(r.part_number, []).append(r)
-    try1, try2 = puts["try1"], puts["try2"]
-    all_parts = set(range(1, at_kill.part_count + 1))
-    assert set(try1) | set(try2) == all_parts
-    accepted1 = {n for n, rs in try1.items() if any(ok(r) for r in rs)}
-    assert {n for n, rs in try2.items() if any(ok(r) for r in rs)} == set(try2)  # try 2 finished its parts
-    # try 2 resumed a checkpoint holding at least the parts seen at the kill, and sent exactly the others
-    resumed = all_parts - set(try2)
-    assert len(resumed) == result["parts_resumed"] and set(at_kill.parts) <= resumed <= accepted1
-    for n in resumed:
-        assert [r.bytes_in for r in try1[n]] == [PART], f"part {n} was sent again"
-    # What try 1 sent and try 2 sent again: the parts in flight at the kill (at most PARALLELISM) and
-    # the ones that finished after try 1's last checkpoint write had gone out (the saver writes off the
-    # data path: how many depends on the API server's latency, so it is counted, not guessed).
-    in_flight = sorted(set(try1) & set(try2) - accepted1)
-    unsaved = sorted(set(try2) & accepted1)
-    assert len(in_flight) <= PARALLELISM, in_flight
-    sent = emulator.part_bytes(dest)
-    resent = sum(sent.values()) - SIZE
-    try1_again = sum(r.bytes_in for n in try2 for r in try1.get(n, []))
-    assert resent == try1_again <= (len(in_flight) + len(unsaved)) * PART, (resent, in_flight, unsaved)
+    # Volume side: exactly the parts missing from the resumed checkpoint went again
+    account = check_only_unfinished_parts_resent(
+        emulator, dest, tries, at_kill, result, parallelism=PARALLELISM
+    )
+    unsaved = account.unsaved
 
     # Blob side: each range was read at least once; read again only for a part a worker held at the
     # kill (each of the PARALLELISM workers reads one part at a time) or one of the unsaved parts
