@@ -234,7 +234,7 @@ class TableSchema:
         plan: list[tuple[Column, FieldDescriptor]] = []
         for key, col in by_lower.items():
             f = fields[key]
-            if f.label == FieldDescriptor.LABEL_REPEATED or f.type not in _PROTO_TYPES[col.type]:
+            if _repeated(f) or f.type not in _PROTO_TYPES[col.type]:
                 raise RecordError(
                     "TYPE_INCOMPATIBLE",
                     f"field '{f.name}' has a proto type that does not fit column {col.to_spec()}",
@@ -280,6 +280,13 @@ def _message_class(desc: descriptor_pb2.DescriptorProto) -> type[Message]:
         return cls
     except (TypeError, KeyError) as err:
         raise RecordError("INVALID_DESCRIPTOR", f"descriptor_proto is not self-contained: {err}") from None
+
+
+def _repeated(f: FieldDescriptor) -> bool:
+    # protobuf 6 deprecates ``label``; 4.x/5.x lack ``is_repeated``
+    if hasattr(f, "is_repeated"):
+        return bool(f.is_repeated)
+    return bool(f.label == FieldDescriptor.LABEL_REPEATED)
 
 
 def _check_range(col: Column, value: Any) -> Any:
