@@ -10,6 +10,11 @@ The loopback TCP fault proxy (``faultproxy.py``) reads the same rules, matched o
 (route ``"tcp"``): ``cut_after_bytes`` and ``stall_after_bytes`` count bytes in ``direction``, ``cut_with``
 says how the cut looks to the client (FIN or RST), and ``refuse`` resets a connection as soon as it is
 accepted. The HTTP emulators ignore those proxy-only fields.
+
+The Zerobus gRPC emulator (``testing/zerobus``) matches routes ``zerobus.create`` (stream creation),
+``zerobus.ingest`` (each ingest request, ``path`` = the table name) and ``zerobus.token`` (the OAuth
+endpoint). On a gRPC route ``grpc_code`` ends the stream with that status, ``drop`` resets its TCP
+connection, and ``delay_s`` alone holds the stream's acknowledgements (a stall).
 """
 
 from __future__ import annotations
@@ -26,6 +31,28 @@ Direction = Literal["server_to_client", "client_to_server"]
 CutWith = Literal["fin", "rst"]
 
 TCP_ROUTE = "tcp"
+
+# gRPC status names a rule may end a stream with (grpc.StatusCode members other than OK)
+GRPC_CODES = frozenset(
+    {
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    }
+)
 
 _ids = itertools.count(1)
 
@@ -63,6 +90,9 @@ class FaultRule:
     cut_with: CutWith = "fin"
     stall_after_bytes: int | None = None
     refuse: bool = False
+    # gRPC emulators: end the stream with this status name (e.g. "UNAVAILABLE"), or reset its connection
+    grpc_code: str | None = None
+    drop: bool = False
     id: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -89,10 +119,20 @@ class FaultRule:
             raise ValueError(
                 "refuse resets the connection at once: it cannot be combined with a cut or stall"
             )
-        effects = (self.status, self.cut_after_bytes, self.expire or None, self.refuse or None)
+        if self.grpc_code is not None and self.grpc_code not in GRPC_CODES:
+            raise ValueError(f"grpc_code must be a gRPC status name other than OK: {sorted(GRPC_CODES)}")
+        effects = (
+            self.status,
+            self.cut_after_bytes,
+            self.expire or None,
+            self.refuse or None,
+            self.grpc_code,
+            self.drop or None,
+        )
         if all(e is None for e in effects) and self.delay_s <= 0:
             raise ValueError(
-                "a fault rule needs an effect: status, cut_after_bytes, expire, refuse or delay_s"
+                "a fault rule needs an effect: status, cut_after_bytes, expire, refuse, grpc_code, drop"
+                " or delay_s"
             )
         if self.status is not None and not 100 <= self.status <= 599:
             raise ValueError("status must be an HTTP status code")
