@@ -10,14 +10,17 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
 from airflow_databricks_transfer.clients.files_api import FilesApiClient, FilesApiDownloadSource, _RangeReader
 from airflow_databricks_transfer.engine.checkpoint import RemoteVersion
+from airflow_databricks_transfer.testing.azurite import Azurite
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
 from airflow_databricks_transfer.testing.files_api.ratelimit import RequestLimiter
 from tests.integration.protocol_api import ALL_DEFAULTS, BASE_SETTINGS, VOLUME, Api
@@ -226,3 +229,27 @@ class SteppedSource(FilesApiDownloadSource):
         if self.calls in self.before:
             self.before[self.calls]()
         return super().open_range(start, length, pinned, cancel=cancel)
+
+
+def blob_service(connection_string: str, *, read_timeout: int | None = None) -> BlobServiceClient:
+    """A client as AzureBlobTransferHook builds it: the SDK's own retries off (the engine retries)."""
+    extra: dict[str, Any] = {} if read_timeout is None else {"read_timeout": read_timeout}
+    return BlobServiceClient.from_connection_string(
+        connection_string, retry_policy=ExponentialRetry(retry_total=0), **extra
+    )
+
+
+@pytest.fixture(scope="module")
+def direct(azurite: Azurite) -> Iterator[BlobServiceClient]:
+    """A client straight to the session's Azurite (no proxy), for setting up and checking blobs."""
+    with blob_service(azurite.connection_string()) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def container(direct: BlobServiceClient) -> Iterator[str]:
+    """A container of the module's own in the session's Azurite."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    direct.create_container(name)
+    yield name
+    direct.delete_container(name)

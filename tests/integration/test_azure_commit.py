@@ -3,19 +3,17 @@ never replaced, and a commit repeated after its answer was lost is recognised as
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from azure.storage.blob import BlobServiceClient, ExponentialRetry
+from azure.storage.blob import BlobServiceClient
 
 from airflow_databricks_transfer.clients.azure_blob import AzureBlobClient, AzureBlobUploadTarget, BlobRef
 from airflow_databricks_transfer.engine.errors import AlreadyExistsError, ConnectionLostError
 from airflow_databricks_transfer.engine.planning import AZURE_BLOCKS
 from airflow_databricks_transfer.engine.retry import RetryPolicy
 from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions
-from airflow_databricks_transfer.testing.azurite import Azurite
 from tests.integration.conftest import MiB, make_file, sha256_file
 
 pytestmark = pytest.mark.integration
@@ -27,20 +25,6 @@ OPTS = UploadOptions(
     limits=AZURE_BLOCKS,
     retry=RetryPolicy(max_attempts=3, base_delay_s=0.05, max_delay_s=0.1),
 )
-
-
-@pytest.fixture
-def service(azurite: Azurite) -> BlobServiceClient:
-    return BlobServiceClient.from_connection_string(
-        azurite.connection_string(), retry_policy=ExponentialRetry(retry_total=0)
-    )
-
-
-@pytest.fixture
-def container(service: BlobServiceClient) -> str:
-    name = f"commit-{uuid.uuid4().hex[:12]}"
-    service.create_container(name)
-    return name
 
 
 class RacedTarget(AzureBlobUploadTarget):
@@ -60,26 +44,24 @@ class RacedTarget(AzureBlobUploadTarget):
 
 
 def test_a_blob_created_during_the_upload_is_not_replaced(
-    service: BlobServiceClient, container: str, tmp_path: Path
+    direct: BlobServiceClient, container: str, tmp_path: Path
 ) -> None:
     src = make_file(tmp_path / "src.bin", 10 * MiB, seed=1)
 
     def other_writer(target: RacedTarget, *_: object) -> None:
-        service.get_blob_client(container, "race.bin").upload_blob(
-            b"the other writer's bytes", overwrite=True
-        )
+        direct.get_blob_client(container, "race.bin").upload_blob(b"the other writer's bytes", overwrite=True)
 
     target = RacedTarget(
-        AzureBlobClient(service), BlobRef(container, "race.bin"), overwrite=False, before_commit=other_writer
+        AzureBlobClient(direct), BlobRef(container, "race.bin"), overwrite=False, before_commit=other_writer
     )
     with pytest.raises(AlreadyExistsError, match="not replaced"):
         Uploader(target, src, OPTS, kind="azure_blob.upload").run()
-    kept = service.get_blob_client(container, "race.bin").download_blob().readall()
+    kept = direct.get_blob_client(container, "race.bin").download_blob().readall()
     assert kept == b"the other writer's bytes"
 
 
 def test_a_commit_repeated_after_a_lost_answer_counts_as_done(
-    service: BlobServiceClient, container: str, tmp_path: Path
+    direct: BlobServiceClient, container: str, tmp_path: Path
 ) -> None:
     src = make_file(tmp_path / "src.bin", 10 * MiB, seed=2)
 
@@ -91,7 +73,7 @@ def test_a_commit_repeated_after_a_lost_answer_counts_as_done(
             raise ConnectionLostError("answer of Put Block List lost")
 
     target = RacedTarget(
-        AzureBlobClient(service),
+        AzureBlobClient(direct),
         BlobRef(container, "lost.bin"),
         overwrite=False,
         before_commit=lose_first_answer,
@@ -99,5 +81,5 @@ def test_a_commit_repeated_after_a_lost_answer_counts_as_done(
     result = Uploader(target, src, OPTS, kind="azure_blob.upload").run()
     assert target.commits == 2 and result.retries == 1
     out = tmp_path / "out.bin"
-    out.write_bytes(service.get_blob_client(container, "lost.bin").download_blob().readall())
+    out.write_bytes(direct.get_blob_client(container, "lost.bin").download_blob().readall())
     assert sha256_file(out) == sha256_file(src)

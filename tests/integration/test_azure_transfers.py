@@ -57,6 +57,7 @@ from airflow_databricks_transfer.engine.verify import resolve_verifiers
 from airflow_databricks_transfer.testing.azurite import Azurite
 from airflow_databricks_transfer.testing.faultproxy import FaultProxy
 from airflow_databricks_transfer.testing.faults import FaultRule
+from tests.integration.conftest import blob_service
 
 pytestmark = pytest.mark.integration
 
@@ -66,12 +67,6 @@ WRONG_KEY = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="
 
 
 # ---------------------------------------------------------------- helpers
-def service(cs: str, *, read_timeout: int | None = None) -> BlobServiceClient:
-    """A client as the hook builds it: SDK retries off (the engine retries)."""
-    options: dict[str, Any] = {"retry_policy": ExponentialRetry(retry_total=0)}
-    if read_timeout is not None:
-        options["read_timeout"] = read_timeout
-    return BlobServiceClient.from_connection_string(cs, **options)
 
 
 def via(azurite: Azurite, proxy: FaultProxy) -> str:
@@ -153,21 +148,6 @@ class SteppedSource(AzureBlobDownloadSource):
         return super().open_range(start, length, pinned, cancel=cancel)
 
 
-@pytest.fixture(scope="module")
-def direct(azurite: Azurite) -> Iterator[BlobServiceClient]:
-    """A client straight to Azurite (no proxy) for setting up and checking blobs."""
-    with service(azurite.connection_string()) as svc:
-        yield svc
-
-
-@pytest.fixture(scope="module")
-def container(direct: BlobServiceClient) -> Iterator[str]:
-    name = f"xfer-{uuid.uuid4().hex[:12]}"
-    direct.create_container(name)
-    yield name
-    direct.delete_container(name)
-
-
 @pytest.fixture
 def blob_name() -> str:
     return f"b-{uuid.uuid4().hex[:10]}.bin"
@@ -194,7 +174,7 @@ def test_download_heals_a_connection_cut_mid_body(
     azure_fault_proxy.add_rule(
         FaultRule(route="tcp", cut_after_bytes=5 * MiB, cut_with=cut_with, nth=1, times=1)  # type: ignore[arg-type]
     )
-    client = AzureBlobClient(service(via(azurite, azure_fault_proxy)))
+    client = AzureBlobClient(blob_service(via(azurite, azure_fault_proxy)))
     out = tmp_path / "out.bin"
     result = download(client, BlobRef(container, blob_name), out, down_opts())
     assert azure_fault_proxy.stats().cuts == 1
@@ -215,7 +195,7 @@ def test_download_heals_a_stalled_body_with_a_short_read_timeout(
     put(direct, container, blob_name, data)
     # the stall outlasts any test: only the client's read timeout ends it (the fixture releases it)
     azure_fault_proxy.add_rule(FaultRule(route="tcp", stall_after_bytes=MiB, delay_s=600, nth=1, times=1))
-    client = AzureBlobClient(service(via(azurite, azure_fault_proxy), read_timeout=2))
+    client = AzureBlobClient(blob_service(via(azurite, azure_fault_proxy), read_timeout=2))
     out = tmp_path / "out.bin"
     result = download(client, BlobRef(container, blob_name), out, down_opts())
     stats = azure_fault_proxy.stats()
@@ -230,7 +210,7 @@ def test_blob_overwritten_between_tries_restarts_with_the_new_content(
     # the same size: only the ETag tells the versions apart
     old, new = random_bytes(24 * MiB, seed=3), random_bytes(24 * MiB, seed=4)
     put(direct, container, blob_name, old)
-    client = AzureBlobClient(service(azurite.connection_string()))
+    client = AzureBlobClient(blob_service(azurite.connection_string()))
     ref, out, sink = BlobRef(container, blob_name), tmp_path / "out.bin", MemorySink()
     opts = down_opts(parallelism=1)
     source = SteppedSource(client, ref, {})
@@ -260,7 +240,7 @@ def test_blob_overwritten_between_ranges_restarts_with_a_logged_reason(
 ) -> None:
     old, new = random_bytes(24 * MiB, seed=5), random_bytes(24 * MiB, seed=6)
     put(direct, container, blob_name, old)
-    client = AzureBlobClient(service(azurite.connection_string()))
+    client = AzureBlobClient(blob_service(azurite.connection_string()))
     ref, out = BlobRef(container, blob_name), tmp_path / "out.bin"
     # the second range is asked for with the first version's ETag, after the blob was replaced
     source = SteppedSource(client, ref, {2: lambda: put(direct, container, blob_name, new)})
@@ -311,7 +291,7 @@ def test_a_wrong_account_key_is_an_auth_error(
     azurite: Azurite, direct: BlobServiceClient, container: str, blob_name: str, tmp_path: Path
 ) -> None:
     put(direct, container, blob_name, b"x" * 1000)
-    wrong = AzureBlobClient(service(azurite.connection_string().replace(azurite.account_key, WRONG_KEY)))
+    wrong = AzureBlobClient(blob_service(azurite.connection_string().replace(azurite.account_key, WRONG_KEY)))
     ref = BlobRef(container, blob_name)
     with pytest.raises(AuthError, match="refused") as down:
         download(wrong, ref, tmp_path / "out.bin", down_opts())
@@ -366,7 +346,7 @@ def test_a_read_only_sas_cannot_upload(
 
 
 def test_a_missing_container_is_a_not_found_error(azurite: Azurite, tmp_path: Path) -> None:
-    client = AzureBlobClient(service(azurite.connection_string()))
+    client = AzureBlobClient(blob_service(azurite.connection_string()))
     ref = BlobRef(f"nope-{uuid.uuid4().hex[:8]}", "a.bin")
     with pytest.raises(RemoteNotFoundError, match="the container does not exist"):
         download(client, ref, tmp_path / "out.bin", down_opts())
@@ -395,7 +375,7 @@ def test_disk_filling_up_mid_download_keeps_a_resumable_partial(
 ) -> None:
     data = random_bytes(8 * MiB, seed=8)
     put(direct, container, blob_name, data)
-    client = AzureBlobClient(service(azurite.connection_string()))
+    client = AzureBlobClient(blob_service(azurite.connection_string()))
     ref, out, filler = BlobRef(container, blob_name), tiny_disk / "out.bin", tiny_disk / "filler"
 
     def fill_the_disk() -> None:  # another program takes the space meanwhile
@@ -516,7 +496,7 @@ def test_blocks_dropped_by_another_writer_before_the_commit_restart_the_upload_c
     """Another writer's Put Block List discards this upload's uncommitted blocks; the commit then gets 400
     InvalidBlockList, which must read as a lost session (start clean), not as a refused request."""
     src = _small_file(tmp_path)
-    client = AzureBlobClient(service(azurite.connection_string()))
+    client = AzureBlobClient(blob_service(azurite.connection_string()))
     ref = BlobRef(container, blob_name)
 
     class RacedTarget(AzureBlobUploadTarget):

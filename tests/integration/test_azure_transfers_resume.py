@@ -17,13 +17,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ExponentialRetry
+from azure.storage.blob import BlobServiceClient
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.core import Config
 
@@ -37,6 +37,7 @@ from airflow_databricks_transfer.engine.sources import RemoteRangeSource
 from airflow_databricks_transfer.engine.upload import Uploader, UploadOptions
 from airflow_databricks_transfer.testing.azurite import Azurite
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
+from tests.integration.conftest import blob_service
 
 pytestmark = pytest.mark.integration
 
@@ -45,24 +46,6 @@ REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("azure_driver.py")
 VOL = "/Volumes/main/default/landing"
 HANG_GUARD_S = 60.0  # bounds a broken run only; nothing waits for it in a passing one
-
-
-def service(cs: str) -> BlobServiceClient:
-    return BlobServiceClient.from_connection_string(cs, retry_policy=ExponentialRetry(retry_total=0))
-
-
-@pytest.fixture(scope="module")
-def direct(azurite: Azurite) -> Iterator[BlobServiceClient]:
-    with service(azurite.connection_string()) as svc:
-        yield svc
-
-
-@pytest.fixture(scope="module")
-def container(direct: BlobServiceClient) -> Iterator[str]:
-    name = f"resume-{uuid.uuid4().hex[:12]}"
-    direct.create_container(name)
-    yield name
-    direct.delete_container(name)
 
 
 def write_random(path: Path, size: int, seed: int) -> Path:
@@ -228,7 +211,7 @@ def test_killed_blob_to_volume_resumes_on_both_sides_and_round_trips(
         WorkspaceClient(config=Config(host=emu.url, token=emu.token, retry_timeout_seconds=5))
     )
     back = BlobRef(container, f"back-{uuid.uuid4().hex[:8]}.bin")
-    azure = AzureBlobClient(service(azurite.connection_string()))
+    azure = AzureBlobClient(blob_service(azurite.connection_string()))
     opts = UploadOptions(
         part_size_bytes=8 * MiB,
         multipart_threshold_bytes=1,
