@@ -964,6 +964,8 @@ class _Job:
         self.opts = ingester.options
         self.reader = ingester.reader
         self.identity = identity
+        # what the reader itself reads (a temp copy when ``identity`` names a downloaded Volume file)
+        self.read_identity = identity if ingester.source is None else self.reader.identity()
         self.acked = acked
         self.resumed = _Acked(dict(acked.position), acked.records, acked.batches, acked.dead)
         self.saved = self.resumed  # what the checkpoint store holds
@@ -1092,7 +1094,7 @@ class _Job:
         self.inflight.clear()
         self._progressed = True
         self.progress.acked(self.acked.records, self.reader.bytes_at(self.acked.position))
-        self.reader.ensure_unchanged(self.identity)
+        self.reader.ensure_unchanged(self.read_identity)
         self._save()
 
     def _save(self, force: bool = False) -> None:

@@ -329,6 +329,26 @@ def test_a_changed_source_is_refused(tmp_path: Path) -> None:
         Ingester(server.open, RecordsReader(records), table=TABLE).run(stale)
 
 
+def test_a_given_source_identity_names_the_checkpoint_and_keys(tmp_path: Path) -> None:
+    """A Volume file downloaded to a temp path: the checkpoint and keys name the Volume file."""
+    path = _events(tmp_path, 30)
+    volume = SourceIdentity("/Volumes/main/default/landing/events.jsonl", 1234, None, "etag-1")
+    server = Server()
+    store = Store(server)
+    server.fail_send[3] = Killed()
+    opts = IngestOptions(batch_records=10, flush_every_batches=1, retry=NO_WAIT, dedupe_key="k")
+
+    def ingester() -> Ingester:
+        return Ingester(server.open, JsonLinesReader(path), opts, table=TABLE, sink=store, source=volume)
+
+    with pytest.raises(Killed):
+        ingester().run()
+    assert store.value is not None and store.value.source == volume
+    result = ingester().run(store.value)
+    assert result.source == volume.uri and result.records_resumed == 20
+    assert server.rows[0]["k"] == f"{volume.key_prefix()}:1"
+
+
 def test_a_source_that_changes_during_the_ingest_stops_it(tmp_path: Path) -> None:
     path = _events(tmp_path, 50)
     server = Server()
