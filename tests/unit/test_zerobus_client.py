@@ -1,4 +1,5 @@
-"""Pure pieces of the Zerobus client: the SDK error translation, stream options, protobuf helpers.
+"""Pure pieces of the Zerobus client and hook: the SDK error translation, stream options, protobuf helpers,
+the connection's fields.
 
 The SDK's exceptions carry no code, only the Rust core's message; the texts below are what 1.10 says
 (verified against the emulator in tests/integration/test_zerobus_hook.py, which exercises the same paths
@@ -27,6 +28,7 @@ from airflow_databricks_transfer.engine.errors import (
     RemoteNotFoundError,
     RetryableError,
 )
+from airflow_databricks_transfer.hooks.zerobus import zerobus_connection
 
 SDK_MESSAGES: list[tuple[BaseException, type[Exception]]] = [
     (
@@ -157,3 +159,27 @@ def test_client_needs_credentials_and_hides_them() -> None:
     assert client.endpoint == "http://127.0.0.1:1" and client.auth_mode == "OAuth M2M"
     with pytest.raises(ValueError, match="descriptor is required"):
         client.open_sink("a.b.c", "proto")
+
+
+def test_the_databricks_connection_read_for_zerobus() -> None:
+    extra = {"zerobus_endpoint": "https://123.zerobus.us-west-2.cloud.databricks.com"}
+    spec = zerobus_connection("dbx", "adb-1.azuredatabricks.net/", "client-id", "oauth-secret", extra)
+    assert (spec.endpoint, spec.uc_url, spec.client_id) == (
+        extra["zerobus_endpoint"],
+        "https://adb-1.azuredatabricks.net",
+        "client-id",
+    )
+    assert "oauth-secret" not in repr(spec)
+    # the operator's endpoint wins; the official hook's legacy extra "host" overrides Host
+    spec = zerobus_connection("dbx", "h", "id", "s", {"host": "https://w"}, endpoint="http://127.0.0.1:9")
+    assert (spec.endpoint, spec.uc_url) == ("http://127.0.0.1:9", "https://w")
+    with pytest.raises(ValueError, match='no Zerobus endpoint: set its extra "zerobus_endpoint"'):
+        zerobus_connection("dbx", "h", "id", "s", {})
+    for login, password in ((None, "dapi-token"), ("token", "dapi-token"), ("id", None)):
+        with pytest.raises(ValueError, match="OAuth M2M"):
+            zerobus_connection("dbx", "h", login, password, extra)
+    with pytest.raises(ValueError, match="no host"):
+        zerobus_connection("dbx", None, "id", "s", extra)
+    # a headers provider needs neither credentials nor a workspace URL
+    spec = zerobus_connection("dbx", None, None, None, extra, headers_provider=True)
+    assert (spec.client_id, spec.client_secret, spec.uc_url) == (None, None, "")
