@@ -12,6 +12,7 @@ Password = its OAuth secret, extra ``zerobus_endpoint`` = the Zerobus ingest end
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -26,8 +27,13 @@ from airflow_databricks_transfer.clients.zerobus import (
     StreamOptions,
     ZerobusClient,
     ZerobusRecordSink,
+    proto_converter,
 )
 from airflow_databricks_transfer.connection import hook_field_behaviour
+from airflow_databricks_transfer.engine.checkpoint import IngestCheckpoint, SourceIdentity
+from airflow_databricks_transfer.engine.ingest import Ingester, IngestOptions, IngestResult, RecordReader
+from airflow_databricks_transfer.engine.ports import IngestCheckpointSink, RecordSink
+from airflow_databricks_transfer.engine.progress import Subscriber, log_progress
 from airflow_databricks_transfer.hooks._running import CancellableTransfers
 
 ENDPOINT_EXTRA = "zerobus_endpoint"
@@ -165,3 +171,47 @@ class ZerobusHook(CancellableTransfers, BaseHook):
     ) -> ZerobusRecordSink:
         """A new stream to ``table`` (``catalog.schema.table``); the engine's errors on failure."""
         return self.client.open_sink(table, record_type, descriptor, options or self.stream_options)
+
+    def ingest(
+        self,
+        reader: RecordReader,
+        table: str,
+        *,
+        options: IngestOptions | None = None,
+        record_type: RecordType = "json",
+        descriptor: Descriptor = None,
+        convert: Callable[[Any], Any] | None = None,
+        stream_options: StreamOptions | None = None,
+        checkpoint: IngestCheckpoint | None = None,
+        sink: IngestCheckpointSink | None = None,
+        subscribers: list[Subscriber] | None = None,
+        source: SourceIdentity | None = None,
+    ) -> IngestResult:
+        """Every record of ``reader`` into ``table`` in acknowledged batches, resuming after ``checkpoint``.
+
+        A broken stream is closed and a new one opened, the reader rewound to the last acknowledged position
+        (the engine's retry policy and budget in ``options``); fatal errors (auth, missing table, schema) end
+        it at once, the checkpoint kept. On a protobuf stream without ``convert``, dict records are encoded
+        with ``descriptor``. Progress lines go to the task log; ``cancel()`` (from ``on_kill``) stops it.
+        """
+        if record_type == "proto" and convert is None:
+            if descriptor is None:
+                raise ValueError("record_type='proto' needs a descriptor")
+            convert = proto_converter(descriptor)
+        stream_opts = stream_options or self.stream_options
+
+        def open_sink() -> RecordSink:
+            return self.open_sink(table, record_type, descriptor, stream_opts)
+
+        ingester = Ingester(
+            open_sink,
+            reader,
+            options,
+            table=table,
+            sink=sink,
+            subscribers=[log_progress(self._progress_logger()), *(subscribers or [])],
+            source=source,
+            convert=convert,
+        )
+        with self._running(ingester):
+            return ingester.run(checkpoint)

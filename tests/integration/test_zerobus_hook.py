@@ -15,12 +15,15 @@ from deltalake import DeltaTable
 from google.protobuf import descriptor_pb2
 
 from airflow_databricks_transfer.clients.zerobus import StreamOptions, message_class, proto_converter
+from airflow_databricks_transfer.engine.checkpoint import IngestCheckpoint
 from airflow_databricks_transfer.engine.errors import (
     AuthError,
     ConnectionLostError,
     InvalidRequestError,
     RemoteNotFoundError,
 )
+from airflow_databricks_transfer.engine.ingest import IngestOptions, JsonLinesReader, RecordsReader
+from airflow_databricks_transfer.engine.retry import Cancelled, RetryPolicy
 from airflow_databricks_transfer.hooks.zerobus import ZerobusHook
 from airflow_databricks_transfer.testing.zerobus import ZerobusEmulator
 
@@ -226,3 +229,110 @@ def test_a_stream_that_breaks_is_retryable_and_the_sdk_recovery_resends(
     sink.close()
     assert ids(emu, table) == [1, 10, 11, 12]
     assert time.monotonic() - started < FAST.flush_timeout_ms / 1000  # healed, not timed out
+
+
+# ------------------------------------------------------------------------- the Ingester through the hook
+class Checkpoints:
+    """An in-memory checkpoint sink: every save, and whether the finished ingest cleared it."""
+
+    def __init__(self) -> None:
+        self.saved: list[IngestCheckpoint] = []
+        self.cleared = False
+
+    def save(self, checkpoint: IngestCheckpoint, changed: frozenset[int]) -> None:
+        self.saved.append(checkpoint)
+
+    def clear(self) -> None:
+        self.cleared = True
+
+
+FAST_RETRY = RetryPolicy(base_delay_s=0.05, max_delay_s=0.2)
+
+
+def jsonl(path: Path, count: int) -> Path:
+    with path.open("w") as f:
+        for i in range(count):
+            f.write(json.dumps({"id": i, "body": f"line {i}"}) + "\n")
+    return path
+
+
+def test_ingest_reopens_a_dropped_stream_and_every_record_lands(
+    zerobus_emulator: ZerobusEmulator, conn_id: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    emu = zerobus_emulator
+    table = new_table(emu)
+    source = jsonl(tmp_path / "events.jsonl", 300)
+    # SDK recovery off: the drop reaches the Ingester, which opens a new stream and rewinds the reader
+    hook = ZerobusHook(conn_id, stream_options=StreamOptions(recovery=False, flush_timeout_ms=20_000))
+    fault = emu.add_fault(route="zerobus.ingest", path=table, nth=6, drop=True)
+    checkpoints = Checkpoints()
+    options = IngestOptions(batch_records=20, flush_every_batches=2, retry=FAST_RETRY, progress_interval_s=0)
+    result = hook.ingest(JsonLinesReader(source), table, options=options, sink=checkpoints)
+
+    landed = ids(emu, table)
+    assert set(landed) == set(range(300))  # no record lost
+    duplicates = len(landed) - 300
+    assert duplicates <= result.resent_records <= result.duplicates_window_records <= 2 * 20
+    assert (result.records, result.retries, result.resumed_from) == (300, 1, None)
+    assert result.resent_records > 0  # the batches in flight at the drop went out again
+    streams = emu.streams(table)
+    assert [s.status for s in streams] == ["DROPPED", "OK"] and fault.id in streams[0].faults
+    # checkpoints only after acknowledged flushes: positions are line counts of whole flushes, growing
+    lines = [c.position["line"] for c in checkpoints.saved]
+    assert lines == sorted(lines) and all(n % 40 == 0 or n == 300 for n in lines) and lines[-1] == 300
+    assert checkpoints.cleared
+    # the final progress line in the (structlog) task log
+    assert "100.0% (300 records acknowledged" in capfd.readouterr().out
+
+
+def test_ingest_protobuf_records_converted_from_dicts(
+    zerobus_emulator: ZerobusEmulator, conn_id: str
+) -> None:
+    emu = zerobus_emulator
+    table = new_table(emu)
+    hook = ZerobusHook(conn_id, stream_options=FAST)
+    records = [{"id": i, "body": None if i % 2 else f"p{i}"} for i in range(25)]
+    result = hook.ingest(
+        RecordsReader(records),
+        table,
+        options=IngestOptions(batch_records=10, retry=FAST_RETRY),
+        record_type="proto",
+        descriptor=row_descriptor("ingesttest"),
+    )
+    assert result.records == 25 and result.batches == 3
+    assert sorted(emu.read_table(table), key=lambda r: r["id"]) == records
+    [entry] = emu.streams(table)
+    assert (entry.status, entry.record_type) == ("OK", "PROTO")
+
+
+def test_ingest_stops_at_once_on_a_schema_mismatch(
+    zerobus_emulator: ZerobusEmulator, conn_id: str, tmp_path: Path
+) -> None:
+    emu = zerobus_emulator
+    table = new_table(emu)
+    source = tmp_path / "bad.jsonl"
+    source.write_text('{"id": 1}\n{"id": 2}\n{"id": 3, "colour": "red"}\n{"id": 4}\n')
+    hook = ZerobusHook(conn_id, stream_options=FAST)
+    checkpoints = Checkpoints()
+    with pytest.raises(InvalidRequestError, match="'colour' is not a column"):
+        hook.ingest(
+            JsonLinesReader(source),
+            table,
+            options=IngestOptions(batch_records=2, flush_every_batches=1, retry=FAST_RETRY),
+            sink=checkpoints,
+        )
+    assert ids(emu, table) == [1, 2]
+    assert len(emu.streams(table)) == 1  # never retried
+    assert checkpoints.saved[-1].position["line"] == 2 and not checkpoints.cleared  # the acked part stays
+
+
+def test_a_cancelled_hook_does_not_stream(
+    zerobus_emulator: ZerobusEmulator, conn_id: str, tmp_path: Path
+) -> None:
+    emu = zerobus_emulator
+    table = new_table(emu)
+    hook = ZerobusHook(conn_id, stream_options=FAST)
+    hook.cancel()  # on_kill landing before the ingest starts is not lost
+    with pytest.raises(Cancelled):
+        hook.ingest(JsonLinesReader(jsonl(tmp_path / "e.jsonl", 10)), table)
+    assert emu.read_table(table) == []
