@@ -160,9 +160,21 @@ def _malformed(on_malformed: OnMalformed | None, err: MalformedRecordError) -> N
 
 
 class JsonLinesReader(_FileReader):
-    """JSON Lines: one JSON object per line; blank lines are skipped. Position: byte offset and lines read."""
+    """JSON Lines: one JSON object per line; blank lines are skipped. Position: byte offset and lines read.
+
+    ``as_text`` yields each valid line as its JSON text instead of a dict: a JSON stream then sends the
+    source's own text, with no ``json.dumps`` of every record in the SDK (the line is still parsed, to
+    refuse a malformed one with its line number). Measured into the Zerobus emulator: the dict path ran
+    at 0.64x the SDK fed with the file's lines. A ``dedupe_key`` needs dicts (it adds a field).
+    """
 
     format: IngestFormat = "jsonl"
+
+    def __init__(
+        self, path: str | os.PathLike[str], uri: str | None = None, *, as_text: bool = False
+    ) -> None:
+        super().__init__(path, uri)
+        self.as_text = as_text
 
     def start(self) -> Position:
         return {"byte": 0, "line": 0}
@@ -191,7 +203,7 @@ class JsonLinesReader(_FileReader):
                     what = type(record).__name__
                     _malformed(on_malformed, self._bad(line, f"not a JSON object (a {what})", raw, after))
                     continue
-                yield record, after
+                yield (text.decode("utf-8") if self.as_text else record), after
 
     def _bad(self, line: int, error: str, raw: bytes, after: Position) -> MalformedRecordError:
         return MalformedRecordError(
