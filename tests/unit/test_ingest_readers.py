@@ -260,3 +260,13 @@ def test_dead_letter_keeps_each_bad_line_once_across_tries(tmp_path: Path) -> No
         {"source": "/d/a.csv", "line": 2, "error": "bad", "raw": "raw2", "row": 2},
         {"source": "/d/a.csv", "line": 5, "error": "bad", "raw": "raw5", "row": 5},
     ]
+
+
+def test_json_lines_as_text_yields_each_line_text_and_still_refuses_a_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"id": 1, "b": "x"}\n\n{"id": 2}\n{"id": 3,\n')
+    got = []
+    with pytest.raises(MalformedRecordError, match=r"events\.jsonl:4"):
+        for record, _pos in JsonLinesReader(path, as_text=True).read():
+            got.append(record)
+    assert got == ['{"id": 1, "b": "x"}', '{"id": 2}']  # the source's own text, not re-encoded
