@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import hashlib
 import json
 import os
 import re
@@ -561,3 +562,187 @@ def _upgrade(
             raise CheckpointError(f"no upgrade path from checkpoint schema version {d['version']}")
         d = upgrade(d)
     return d
+
+
+# Streaming ingestion (Zerobus) checkpoints are versioned on their own: the SDK's offsets restart at 0 on
+# every stream, so what is stored is the position in the *source* after the last acknowledged record.
+INGEST_SCHEMA_VERSION = 1
+INGEST_UPGRADERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+INGEST_KINDS = frozenset({"zerobus.ingest"})
+IngestFormat = Literal["jsonl", "csv", "parquet", "records"]
+# the keys of a position in each source format (the position AFTER the last acknowledged record)
+POSITION_KEYS: Mapping[str, tuple[str, ...]] = {
+    "jsonl": ("byte", "line"),
+    "csv": ("byte", "row"),
+    "parquet": ("row_group", "row"),
+    "records": ("index",),
+}
+
+
+@dataclass(frozen=True)
+class SourceIdentity:
+    """What identifies the records an ingest reads: a file's URI, size and mtime, or, for records held
+    in memory (XCom, a callable), their count and a SHA-256 ``digest`` of their content.
+
+    It also seeds the optional de-duplication key (``key_prefix``), so the key of a record is the
+    same in every try and different for another file or another version of the file.
+    """
+
+    uri: str
+    size: int
+    mtime_ns: int | None = None
+    digest: str | None = None
+
+    @classmethod
+    def of_file(cls, path: str | os.PathLike[str], uri: str | None = None) -> SourceIdentity:
+        """A local file; ``uri`` names where it came from when it is a downloaded copy (``/Volumes/...``)."""
+        st = os.stat(path)
+        return cls(uri or os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+    def difference(self, other: SourceIdentity) -> str | None:
+        """Why ``other`` is not the same source, or None."""
+        if self.uri != other.uri:
+            return f"source changed ({self.uri} -> {other.uri})"
+        if self.size != other.size:
+            return f"source size changed ({self.size} -> {other.size})"
+        if self.mtime_ns != other.mtime_ns:
+            return "source modification time changed"
+        if self.digest != other.digest:
+            return "source content changed (digest differs)"
+        return None
+
+    def key_prefix(self) -> str:
+        """16 hex digits of SHA-256 over the identity: the first half of every de-duplication key."""
+        text = f"{self.uri}\n{self.size}\n{self.mtime_ns}\n{self.digest}"
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri, "size": self.size, "mtime_ns": self.mtime_ns, "digest": self.digest}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SourceIdentity:
+        mtime = d["mtime_ns"]
+        return cls(
+            str(d["uri"]),
+            _strict_int(d["size"]),
+            None if mtime is None else _strict_int(mtime),
+            _opt_str(d["digest"]),
+        )
+
+
+@dataclass(frozen=True)
+class IngestCheckpoint:
+    """How far a streaming ingest got: the source position after the last record the server
+    acknowledged as durable (a flush returned). A resume reads on from there, so a record is never
+    lost; records sent after it and not yet acknowledged when the try died are sent again."""
+
+    table: str
+    source: SourceIdentity
+    format: IngestFormat
+    position: Mapping[str, int]
+    records_acked: int = 0
+    batches_acked: int = 0
+    dead_lettered: int = 0
+    created_at: float = field(default_factory=time.time)
+    version: int = INGEST_SCHEMA_VERSION
+    kind: str = "zerobus.ingest"
+
+    def __post_init__(self) -> None:
+        if self.kind not in INGEST_KINDS:
+            raise CheckpointError(f"unknown ingest checkpoint kind {self.kind!r}")
+        keys = POSITION_KEYS.get(self.format)
+        if keys is None:
+            raise CheckpointError(f"unknown ingest source format {self.format!r}")
+        if set(self.position) != set(keys):
+            raise CheckpointError(
+                f"a {self.format} position has the keys {list(keys)}, not {sorted(self.position)}"
+            )
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in self.position.values()):
+            raise CheckpointError(f"position values must be non-negative integers: {dict(self.position)}")
+        if min(self.records_acked, self.batches_acked, self.dead_lettered) < 0:
+            raise CheckpointError("counters must be non-negative")
+
+    def progress_view(self) -> dict[str, Any]:
+        """A credential-free summary for the UI (XCom mirror, logs)."""
+        view: dict[str, Any] = {
+            "kind": self.kind,
+            "table": self.table,
+            "source": self.source.uri,
+            "format": self.format,
+            "position": dict(self.position),
+            "records_acked": self.records_acked,
+            "batches_acked": self.batches_acked,
+            "dead_lettered": self.dead_lettered,
+        }
+        if "byte" in self.position and self.format != "records":
+            done, total = self.position["byte"], self.source.size
+            view.update(
+                bytes_done=done,
+                bytes_total=total,
+                percent=round(100.0 * done / total, 1) if total else 100.0,
+            )
+        return view
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "version": self.version,
+            "kind": self.kind,
+            "table": self.table,
+            "source": self.source.to_dict(),
+            "format": self.format,
+            "position": {k: self.position[k] for k in POSITION_KEYS[self.format]},
+            "records_acked": self.records_acked,
+            "batches_acked": self.batches_acked,
+            "dead_lettered": self.dead_lettered,
+            "created_at": self.created_at,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], kind: str = "zerobus.ingest") -> IngestCheckpoint:
+        """Load a checkpoint of ``kind`` (the ingest about to run); any other kind is refused."""
+        d = _upgrade(data, kind, INGEST_SCHEMA_VERSION, INGEST_UPGRADERS)
+        try:
+            position = d["position"]
+            if not isinstance(position, Mapping):
+                raise CheckpointError("position is not an object")
+            return cls(
+                table=_req_str(d["table"]),
+                source=SourceIdentity.from_dict(d["source"]),
+                format=d["format"],
+                position={str(k): _strict_int(v) for k, v in position.items()},
+                records_acked=_strict_int(d["records_acked"]),
+                batches_acked=_strict_int(d["batches_acked"]),
+                dead_lettered=_strict_int(d["dead_lettered"]),
+                created_at=float(d["created_at"]),
+                kind=kind,
+            )
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise CheckpointError(f"corrupt ingest checkpoint: {err!r}") from err
+
+    @classmethod
+    def from_json(cls, text: str, kind: str = "zerobus.ingest") -> IngestCheckpoint:
+        return cls.from_dict(_loads(text), kind)
+
+    def validate_for(self, table: str, source: SourceIdentity) -> str | None:
+        """Why this checkpoint cannot resume an ingest of ``source`` into ``table``, or None."""
+        if self.table != table:
+            return f"checkpoint is for table {self.table}, not {table}"
+        return self.source.difference(source)
+
+
+def _strict_int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise CheckpointError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _req_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise CheckpointError(f"expected a string, got {value!r}")
+    return value

@@ -8,10 +8,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from airflow_databricks_transfer.engine.checkpoint import (
     DownloadCheckpoint,
+    IngestCheckpoint,
     RemoteVersion,
     SourceFingerprint,
     UploadCheckpoint,
@@ -213,6 +214,30 @@ class DownloadCheckpointSink(Protocol):
     def save(self, checkpoint: DownloadCheckpoint, changed: frozenset[int]) -> None: ...
 
     def clear(self) -> None: ...
+
+
+class IngestCheckpointSink(Protocol):
+    """``changed`` is always empty: an ingest checkpoint is one small value, rewritten whole."""
+
+    def save(self, checkpoint: IngestCheckpoint, changed: frozenset[int]) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+class RecordSink(Protocol):
+    """One open stream into a table (Zerobus). Its offsets are not a cursor: they restart with every
+    stream, so the engine checkpoints source positions and only after ``flush`` returned."""
+
+    def send(self, records: Sequence[Any]) -> None:
+        """Queue one batch (JSON-able dicts or JSON text, or protobuf bytes); may block while the
+        stream's in-flight limit is reached. Raises the engine's errors (RetryableError subclasses for a
+        stream that broke, FatalError subclasses for a schema mismatch, a missing table, bad credentials)."""
+
+    def flush(self) -> None:
+        """Return once every record sent so far is durably acknowledged by the server; raise otherwise."""
+
+    def close(self) -> None:
+        """Flush and end the stream; the sink is not used again (a recovery opens a new one)."""
 
 
 class NullSink:

@@ -165,16 +165,45 @@ class _Armed:
     fired: int = 0
 
 
-class FaultPlan:
-    """Thread-safe list of rules; each request consumes at most one firing rule (the first that fires)."""
+# The fields that say what goes wrong, and whose default means "not this effect". A server names the ones
+# it honours (``FaultPlan(honours=...)``): a rule using another one would fire and do nothing.
+EFFECT_FIELDS: dict[str, Any] = {
+    "status": None,
+    "cut_after_bytes": None,
+    "expire": False,
+    "direction": "server_to_client",
+    "cut_with": "fin",
+    "stall_after_bytes": None,
+    "refuse": False,
+    "grpc_code": None,
+    "drop": False,
+}
+HTTP_EFFECTS = frozenset({"status", "cut_after_bytes", "expire"})
 
-    def __init__(self, rules: Iterable[FaultRule] = ()) -> None:
+
+class FaultPlan:
+    """Thread-safe list of rules; each request consumes at most one firing rule (the first that fires).
+
+    ``honours`` names the effect fields (``EFFECT_FIELDS``) the server applies; a rule that sets any other
+    is refused, so a test never passes because its fault silently did nothing. None accepts every rule.
+    """
+
+    def __init__(self, rules: Iterable[FaultRule] = (), *, honours: frozenset[str] | None = None) -> None:
         self._lock = threading.Lock()
         self._armed: list[_Armed] = []
+        self._honours = honours
         for rule in rules:
             self.add(rule)
 
     def add(self, rule: FaultRule) -> FaultRule:
+        if self._honours is not None:
+            unused = sorted(
+                name
+                for name, default in EFFECT_FIELDS.items()
+                if name not in self._honours and getattr(rule, name) != default
+            )
+            if unused:
+                raise ValueError(f"this server does not apply the fault rule fields {unused}")
         if not rule.id:
             rule = replace(rule, id=f"fault-{next(_ids)}")
         with self._lock:

@@ -117,3 +117,22 @@ def test_the_emulator_command_of_the_compose_file_runs(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_azurite_service_matches_the_tested_one() -> None:
+    """The compose Azurite is the version the tests pin, run the way the tests run it (never --loose), and
+    the wasb connection the DAGs use points at it."""
+    import json
+
+    from airflow_databricks_transfer.azure_connection import client_spec
+
+    compose = _compose()
+    azurite = compose["services"]["azurite"]
+    pinned = json.loads((REPO / "package.json").read_text())["devDependencies"]["azurite"]
+    assert azurite["image"].endswith(f":{pinned}")
+    args = shlex.split(azurite["command"])
+    assert "--loose" not in args and "--skipApiVersionCheck" in args
+    conn = json.loads(compose["x-airflow"]["environment"]["AIRFLOW_CONN_WASB_DEFAULT"])
+    spec = client_spec("wasb_default", None, None, None, conn["extra"])
+    assert spec.mode == "connection_string"
+    assert "BlobEndpoint=http://azurite:10000/devstoreaccount1;" in conn["extra"]["connection_string"]

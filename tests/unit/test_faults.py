@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from airflow_databricks_transfer.testing.faults import FaultPlan, FaultRule, RequestInfo
+from airflow_databricks_transfer.testing.faults import HTTP_EFFECTS, FaultPlan, FaultRule, RequestInfo
 
 PART_PUT = RequestInfo("presigned.part", "PUT", "/Volumes/main/default/landing/big.bin", 3)
 
@@ -186,3 +186,20 @@ def test_invalid_rule_from_dict_is_rejected() -> None:
 )
 def test_each_effect_alone_is_enough(kwargs: dict[str, Any]) -> None:
     FaultRule(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "effect",
+    [
+        {"refuse": True},
+        {"grpc_code": "UNAVAILABLE"},
+        {"drop": True},
+        {"cut_after_bytes": 5, "cut_with": "rst"},
+    ],
+)
+def test_a_server_refuses_rules_it_would_not_apply(effect: dict[str, object]) -> None:
+    """The Files emulator works on HTTP requests: a proxy- or gRPC-only effect would fire and do nothing."""
+    plan = FaultPlan(honours=HTTP_EFFECTS)
+    with pytest.raises(ValueError, match="does not apply the fault rule fields"):
+        plan.add(FaultRule(**effect))  # type: ignore[arg-type]
+    assert plan.add(FaultRule(status=503)).id  # what it applies is still taken

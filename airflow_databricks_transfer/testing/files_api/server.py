@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from airflow_databricks_transfer.testing.faults import FaultPlan, FaultRule
+from airflow_databricks_transfer.testing.faults import HTTP_EFFECTS, FaultPlan, FaultRule
 from airflow_databricks_transfer.testing.files_api.errors import ApiError, bad_request
 from airflow_databricks_transfer.testing.files_api.handler import FilesApiHandler
 from airflow_databricks_transfer.testing.files_api.ratelimit import RequestLimiter
@@ -49,7 +49,7 @@ class FilesApiServer(ThreadingHTTPServer):
 
     def __init__(self, host: str, port: int, root: Path, settings: EmulatorSettings) -> None:
         self.store = Store(root, settings)
-        self.faults = FaultPlan()
+        self.faults = FaultPlan(honours=HTTP_EFFECTS)
         self.log = RequestLog()
         self.limiter = RequestLimiter()  # the workspace's rate limits (settings.rate_limit_*)
         key_file = self.store.internal / "signing.key"
