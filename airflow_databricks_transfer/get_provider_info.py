@@ -12,6 +12,7 @@ from airflow_databricks_transfer.connection import connection_types
 
 INTEGRATION = "Databricks Files API"
 AZURE_INTEGRATION = "Azure Blob Storage"
+ZEROBUS_INTEGRATION = "Databricks Zerobus"
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -35,12 +36,21 @@ def get_provider_info() -> dict[str, Any]:
                 "external-doc-url": "https://learn.microsoft.com/azure/storage/blobs/",
                 "tags": ["azure"],
             },
+            {
+                "integration-name": ZEROBUS_INTEGRATION,
+                "external-doc-url": "https://docs.databricks.com/ingestion/zerobus-overview",
+                "tags": ["service"],
+            },
         ],
         "hooks": [
             {"integration-name": INTEGRATION, "python-modules": ["airflow_databricks_transfer.hooks.files"]},
             {
                 "integration-name": AZURE_INTEGRATION,
                 "python-modules": ["airflow_databricks_transfer.hooks.azure_blob"],
+            },
+            {
+                "integration-name": ZEROBUS_INTEGRATION,
+                "python-modules": ["airflow_databricks_transfer.hooks.zerobus"],
             },
         ],
         "operators": [
