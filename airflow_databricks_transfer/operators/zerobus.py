@@ -25,8 +25,16 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_databricks_transfer.checkpoints import TaskCheckpointStore
+from airflow_databricks_transfer.clients.zerobus import RecordType, StreamOptions, proto_converter
 from airflow_databricks_transfer.engine.checkpoint import SourceIdentity
 from airflow_databricks_transfer.engine.errors import FatalError, RemoteNotFoundError
+from airflow_databricks_transfer.engine.ingest import (
+    EXTENSIONS,
+    IngestOptions,
+    RecordReader,
+    RecordsReader,
+    reader_for,
+)
 from airflow_databricks_transfer.engine.retry import RetryPolicy
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
 from airflow_databricks_transfer.hooks.zerobus import ZerobusHook
@@ -66,7 +74,7 @@ class ZerobusIngestOperator(BaseOperator):
     :param proto_message: for ``proto``: the dotted path of a generated message class
         (``mypkg.rows_pb2.Row``), or ``<descriptor set file>:<full message name>`` for a
         ``protoc --descriptor_set_out`` file (templated).
-    :param csv_delimiter: the CSV field delimiter (templated).
+    :param csv_delimiter: the CSV field delimiter; None: ``,`` (a tab for ``.tsv``) (templated).
     :param csv_types: CSV column -> type (``int``, ``float``, ``bool``, ``str``; ``json`` parses the
         cell); other columns stay strings, and an empty cell is null.
     :param batch_records: records per ingest call (templated).
@@ -123,13 +131,13 @@ class ZerobusIngestOperator(BaseOperator):
         self,
         *,
         table_name: str,
-        source_path: str | None = None,
+        source_path: Any = None,
         records: Any = None,
         records_callable: Callable[..., Iterable[Any]] | None = None,
         format: str | None = None,
         record_type: str = "json",
         proto_message: str | None = None,
-        csv_delimiter: str = ",",
+        csv_delimiter: str | None = None,
         csv_types: Mapping[str, str] | None = None,
         batch_records: int | str = 1000,
         batch_bytes: int | str = 4 * 1024 * 1024,
@@ -247,15 +255,15 @@ class ZerobusIngestOperator(BaseOperator):
         return out
 
     # ------------------------------------------------------------------ options
-    def _record_type(self) -> str:
+    def _record_type(self) -> RecordType:
         kind = str(self.record_type).strip().lower()
-        if kind not in RECORD_TYPES:
-            raise AirflowFailException(f"record_type must be one of {RECORD_TYPES}, got {kind!r}")
-        return kind
+        if kind == "json":
+            return "json"
+        if kind == "proto":
+            return "proto"
+        raise AirflowFailException(f"record_type must be one of {RECORD_TYPES}, got {kind!r}")
 
-    def _options(self) -> Any:
-        from airflow_databricks_transfer.engine.ingest import IngestOptions  # noqa: PLC0415
-
+    def _options(self) -> IngestOptions:
         return IngestOptions(
             batch_records=as_int(self.batch_records, "batch_records"),
             batch_bytes=as_int(self.batch_bytes, "batch_bytes"),
@@ -267,9 +275,7 @@ class ZerobusIngestOperator(BaseOperator):
             progress_interval_s=self.progress_interval_s,
         )
 
-    def _stream_options(self) -> Any:
-        from airflow_databricks_transfer.clients.zerobus import StreamOptions  # noqa: PLC0415
-
+    def _stream_options(self) -> StreamOptions:
         given = {name: opt_int(getattr(self, name), name) for name in STREAM_OPTIONS}
         return StreamOptions(recovery=self.recovery, **{k: v for k, v in given.items() if v is not None})
 
@@ -284,8 +290,6 @@ class ZerobusIngestOperator(BaseOperator):
     def _converter(self) -> Callable[[Any], Any] | None:
         if self._record_type() != "proto":
             return None
-        from airflow_databricks_transfer.clients.zerobus import proto_converter  # noqa: PLC0415
-
         to_proto = proto_converter(self._proto_class)
 
         def convert(record: Any) -> Any:
@@ -294,25 +298,28 @@ class ZerobusIngestOperator(BaseOperator):
         return convert
 
     # ------------------------------------------------------------------ sources
-    def _reader(self, context: Context) -> tuple[Any, Any, Path | None]:
-        """(reader, source identity or None for the engine's own, the task's work folder to delete)."""
-        from airflow_databricks_transfer.engine import ingest  # noqa: PLC0415
-
+    def _reader(self, context: Context) -> tuple[RecordReader, SourceIdentity | None, Path | None]:
+        """(reader, source identity or None for the reader's own, the task's work folder to delete)."""
         if self.source_path is None:
-            return ingest.RecordsReader(self._records(context)), None, None
+            return RecordsReader(self._records(context)), None, None
         path = str(self.source_path)
         fmt = opt_str(self.format)
-        if not path.startswith(VOLUME_PREFIX):
-            return self._file_reader(path, fmt), None, None
-        local, source, work = self._fetch_volume_file(context, path)
-        return self._file_reader(str(local), fmt or _format_of(path)), source, work
+        try:
+            if not path.startswith(VOLUME_PREFIX):
+                return self._file_reader(path, fmt), None, None
+            local, source, work = self._fetch_volume_file(context, path)
+            # messages and dead letters name the Volume file, not its temp copy
+            return self._file_reader(str(local), fmt or _format_of(path), uri=path), source, work
+        except ValueError as err:  # an unknown format or CSV type: no retry can fix it
+            raise AirflowFailException(str(err)) from err
 
-    def _file_reader(self, path: str, fmt: str | None) -> Any:
-        from airflow_databricks_transfer.engine import ingest  # noqa: PLC0415
-
+    def _file_reader(self, path: str, fmt: str | None, uri: str | None = None) -> RecordReader:
         if (fmt or _format_of(path)) == "csv":
-            return ingest.CsvReader(path, delimiter=str(self.csv_delimiter), types=self.csv_types)
-        return ingest.reader_for(path, fmt)
+            options: dict[str, Any] = {"types": self.csv_types}
+            if opt_str(self.csv_delimiter) is not None:
+                options["delimiter"] = str(self.csv_delimiter)
+            return reader_for(path, "csv", uri=uri, **options)
+        return reader_for(path, fmt, uri=uri)
 
     def _records(self, context: Context) -> list[Any]:
         if self.records_callable is not None:
@@ -343,29 +350,23 @@ class ZerobusIngestOperator(BaseOperator):
         work = task_work_dir(context, volume_path)
         local = work / Path(volume_path).name
         marker = work / ".source.json"
-        stamp = {"path": volume_path, "size": int(meta["size"]), "version": version}
+        size = int(meta["size"])
+        stamp = {"path": volume_path, "size": size, "version": version}
         have = json.loads(marker.read_text()) if marker.is_file() else None
-        if have != stamp or not local.is_file() or local.stat().st_size != stamp["size"]:
+        if have != stamp or not local.is_file() or local.stat().st_size != size:
             marker.unlink(missing_ok=True)
             downloads = TaskCheckpointStore(context, f"{self.checkpoint_key}.download", mirror_to_xcom=False)
             previous, _ = downloads.load_download()
-            self.log.info("Fetching %s (%d bytes) from the Volume into %s", volume_path, stamp["size"], local)
+            self.log.info("Fetching %s (%d bytes) from the Volume into %s", volume_path, size, local)
             self.files_hook.download_file(volume_path, str(local), checkpoint=previous, sink=downloads)
             downloads.clear()
             marker.write_text(json.dumps(stamp))
-        source = SourceIdentity(volume_path, stamp["size"], None, f"version:{version}" if version else None)
+        source = SourceIdentity(volume_path, size, None, f"version:{version}" if version else None)
         return local, source, work
 
 
 def _format_of(path: str) -> str | None:
-    name = path.lower().removesuffix(".gz")
-    if name.endswith(".csv"):
-        return "csv"
-    if name.endswith(".parquet"):
-        return "parquet"
-    if name.endswith((".jsonl", ".json", ".ndjson")):
-        return "jsonl"
-    return None
+    return EXTENSIONS.get(os.path.splitext(path)[1].lower())
 
 
 def task_work_dir(context: Context, key: str) -> Path:

@@ -110,7 +110,7 @@ def test_killed_ingest_resumes_on_retry_without_loss(
     assert result["records_resumed"] >= at_kill["records_acked"]
     resumed_line = result["resumed_from"]["line"]
     assert resumed_line == result["records_resumed"]
-    assert result["records_resumed"] + result["records"] == RECORDS
+    assert result["records"] == RECORDS  # earlier tries included
 
     rows = emulator.read_table(table)
     counts = collections.Counter(row["id"] for row in rows)
