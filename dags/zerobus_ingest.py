@@ -53,7 +53,13 @@ def params() -> dict[str, Param]:
             title="Connection",
             description="A databricks connection with the OAuth client and extra zerobus_endpoint.",
         ),
-        "batch_records": Param(500, type="integer", minimum=1, title="Records per batch"),
+        "batch_records": Param(
+            500,
+            type="integer",
+            minimum=1,
+            title="Records per batch",
+            description="Records per ingest call (one acknowledgement each).",
+        ),
         "flush_every_batches": Param(
             4,
             type="integer",
