@@ -65,6 +65,12 @@ EXTRA_FIELDS: dict[str, dict[str, Any]] = {
         ),
         "schema": {"type": ["integer", "null"], "minimum": 1},
     },
+    "zerobus_endpoint": {
+        "label": "Zerobus ingest endpoint (ZerobusHook)",
+        "description": "The workspace's Zerobus server endpoint, e.g. https://<workspace-id>.zerobus.<region>"
+        ".cloud.databricks.com; Login and Password are then the OAuth M2M client ID and secret.",
+        "schema": {"type": ["string", "null"]},
+    },
 }
 
 # Read but deliberately not in the form: the official hook's legacy override of the Host field.

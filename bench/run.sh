@@ -5,6 +5,7 @@
 #   bench/run.sh transfer [args]      bench/transfer_bench.py: the hook vs databricks-sdk FilesExt
 #   bench/run.sh checkpoint [args]    bench/checkpoint_bench.py: cost of chunk durability and checkpoint writes
 #   bench/run.sh azure [args]         bench/azure_bench.py: Azure Blob through the engine vs azure-storage-blob
+#   bench/run.sh zerobus [args]       bench/zerobus_bench.py: Zerobus ingest through the engine vs the SDK
 # Extra args go to the chosen script (each has --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,11 +31,15 @@ case "${1:-}" in
         shift
         exec "$py" bench/azure_bench.py "$@"
         ;;
+    zerobus)
+        shift
+        exec "$py" bench/zerobus_bench.py "$@"
+        ;;
     -h | --help | help)
-        sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
-        echo "usage: bench/run.sh [emulator|transfer|checkpoint|azure] [args...]  (bench/run.sh --help)" >&2
+        echo "usage: bench/run.sh [emulator|transfer|checkpoint|azure|zerobus] [args...]  (bench/run.sh --help)" >&2
         exit 2
         ;;
 esac

@@ -14,6 +14,7 @@ from airflow_databricks_transfer.connection import (
     UNSUPPORTED_EXTRAS,
     config_kwargs,
 )
+from airflow_databricks_transfer.hooks.zerobus import zerobus_connection
 
 
 def test_token_in_password_with_empty_or_token_login() -> None:
@@ -171,6 +172,8 @@ def test_every_extra_the_hook_reads_has_a_form_field() -> None:
         with contextlib.suppress(ValueError):
             config_kwargs("h", login, password, _Recording(extra, seen))
     config_kwargs("h", None, "t", _Recording({"http_timeout_seconds": 1, "retry_timeout_seconds": 1}, seen))
+    # ZerobusHook reads the same connection, plus its endpoint
+    zerobus_connection("c", "h", "id", "secret", _Recording({"zerobus_endpoint": "https://zb"}, seen))
     unsupported = set(UNSUPPORTED_EXTRAS)
     assert seen - unsupported == set(EXTRA_FIELDS) | set(EXTRAS_WITHOUT_FORM_FIELD)
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
