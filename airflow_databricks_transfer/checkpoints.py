@@ -5,6 +5,9 @@ checkpoint into a retry. The durable copy goes to the Airflow 3.3 task state sto
 of a task instance, on any worker, kept with ``NEVER_EXPIRE``); XCom key ``checkpoint`` carries a
 credential-free progress view so the UI shows how far a running or failed try got.
 
+An ingest checkpoint (Zerobus) is one small value: the source position after the last acknowledged
+record, rewritten after every acknowledged flush.
+
 Upload checkpoints are split over keys: ``<key>`` holds the head and ``<key>.seg.<i>`` each segment of
 1,000 parts, so a finished part rewrites one small value, and each value stays under the state store's
 64 KiB advisory limit.
@@ -18,7 +21,12 @@ from typing import Any
 
 from airflow.sdk import NEVER_EXPIRE  # type: ignore[attr-defined]  # lazily exported
 
-from airflow_databricks_transfer.engine.checkpoint import SCHEMA, DownloadCheckpoint, UploadCheckpoint
+from airflow_databricks_transfer.engine.checkpoint import (
+    SCHEMA,
+    DownloadCheckpoint,
+    IngestCheckpoint,
+    UploadCheckpoint,
+)
 from airflow_databricks_transfer.engine.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -28,7 +36,7 @@ _warned = {"no_store": False}
 
 
 class TaskCheckpointStore:
-    """Checkpoint sink and loader for one task instance (upload or download)."""
+    """Checkpoint sink and loader for one task instance (upload, download or ingest)."""
 
     def __init__(
         self, context: Mapping[str, Any], key: str = "checkpoint", *, mirror_to_xcom: bool = True
@@ -93,8 +101,25 @@ class TaskCheckpointStore:
             self.clear()
             return None, str(err)
 
+    def load_ingest(self, kind: str = "zerobus.ingest") -> tuple[IngestCheckpoint | None, str | None]:
+        """The stored ingest checkpoint, or (None, why it was discarded)."""
+        raw = self._raw()
+        if raw is None:
+            return None, None
+        try:
+            if not isinstance(raw, Mapping):
+                raise CheckpointError("checkpoint is not a JSON object")
+            return IngestCheckpoint.from_dict(raw, kind), None
+        except CheckpointError as err:
+            self.clear()
+            return None, str(err)
+
     # ------------------------------------------------------------------ sink protocol
-    def save(self, checkpoint: UploadCheckpoint | DownloadCheckpoint, changed: frozenset[int]) -> None:
+    def save(
+        self,
+        checkpoint: UploadCheckpoint | DownloadCheckpoint | IngestCheckpoint,
+        changed: frozenset[int] = frozenset(),
+    ) -> None:
         if self._store is not None:
             retention = NEVER_EXPIRE
             if isinstance(checkpoint, UploadCheckpoint):
@@ -114,7 +139,8 @@ class TaskCheckpointStore:
         """After success: delete the checkpoint (a Clear must start over) and show "done" in the UI."""
         self.clear()
         if self._mirror and self._ti is not None:
-            done = {k: result[k] for k in ("destination", "source", "bytes") if k in result}
+            keys = ("destination", "table", "source", "bytes", "records")
+            done = {k: result[k] for k in keys if k in result}
             self._ti.xcom_push(key=XCOM_KEY, value={"kind": kind, **done, "phase": "done", "percent": 100.0})
 
     def clear(self) -> None:

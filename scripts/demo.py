@@ -13,6 +13,11 @@ retry resume.
    ``databricks_volume_roundtrip`` (upload, download, verify; ``dags test`` honours ``retries`` and
    ``retry_delay``), ``databricks_volume_sensor`` and ``azure_blob_volume_roundtrip`` (local -> Blob ->
    Volume -> Blob -> local, SHA-256 compared).
+   Starts the Zerobus emulator (in this process, writing real Delta tables) with the table
+   ``main.default.events`` and runs ``zerobus_ingest`` (generate JSON Lines, stream them in through the
+   official Zerobus SDK). One ingest request is committed and then its connection reset before the ack, so
+   the SDK resends it: the table is read back with ``deltalake`` and the duplicates it holds are counted, and
+   dropped exactly by the ``dedupe_key`` column.
 3. Prints what each try did. Every number comes from the emulator's request log (which part PUTs it
    accepted, refused, or got again) or from Airflow's metadata DB (task tries, the XCom results); none
    is computed from what the demo expects. ``--summary-json`` writes them for tests.
@@ -42,6 +47,9 @@ AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 ROUNDTRIP = "databricks_volume_roundtrip"
 SENSOR = "databricks_volume_sensor"
 AZURE = "azure_blob_volume_roundtrip"
+ZEROBUS = "zerobus_ingest"
+ZEROBUS_TABLE = "main.default.events"
+ZEROBUS_SCHEMA = "id BIGINT NOT NULL, user STRING, kind STRING, amount DOUBLE, dedupe_key STRING"
 AZURE_STEPS = (
     ("upload_blob", "local -> Blob"),
     ("blob_to_volume", "Blob -> Volume"),
@@ -260,6 +268,37 @@ def resume_story(url: str, db: Path, outage: Outage, log_text: str) -> dict[str,
     return story
 
 
+def zerobus_story(emu: Any, db: Path, events: int) -> dict[str, Any]:
+    """What reached the Delta table, read back with deltalake; ``problems``: claims that fail."""
+    result = xcom(db, ZEROBUS, "ingest") or {}
+    rows = emu.read_table(ZEROBUS_TABLE)
+    counts: dict[int, int] = {}
+    for row in rows:
+        counts[row["id"]] = counts.get(row["id"], 0) + 1
+    keys = {row["dedupe_key"] for row in rows}
+    duplicates = sum(c - 1 for c in counts.values())
+    story = {
+        "xcom": result,
+        "rows": len(rows),
+        "distinct_ids": len(counts),
+        "duplicates": duplicates,
+        "distinct_dedupe_keys": len(keys),
+        "sample": sorted(rows, key=lambda r: r["id"])[:3],
+        "streams": len(emu.streams(ZEROBUS_TABLE)),
+        "connections_dropped": emu.stats().get("connections_dropped", 0),
+    }
+    problems = []
+    if sorted(counts) != list(range(events)):
+        problems.append(f"the table lacks records: {len(counts)} distinct ids of {events}")
+    if len(keys) != events:
+        problems.append(f"{len(keys)} distinct dedupe keys for {events} records")
+    window = result.get("duplicates_window_records")
+    if isinstance(window, int) and duplicates > window:
+        problems.append(f"{duplicates} duplicates, more than the window of {window} records")
+    story["problems"] = problems
+    return story
+
+
 def seconds(tries: dict[int, dict[str, Any]], a: int, a_key: str, b: int, c_key: str) -> str:
     """Seconds from one try's start or end to another's, as Airflow recorded them."""
     try:
@@ -282,6 +321,7 @@ def print_summary(
     sensor_found: str | None,
     azure: dict[str, Any] | None,
     stats: dict[str, Any],
+    zerobus: dict[str, Any] | None = None,
 ) -> None:
     print()
     print("DAG                            result   seconds")
@@ -330,6 +370,23 @@ def print_summary(
         match = "identical" if azure["sha256_match"] else "DIFFERENT"
         trip = "local -> Blob -> Volume -> Blob -> local"
         print(f"              SHA-256 {azure['sha256']} {match} after {trip}")
+    if zerobus:
+        up = zerobus["xcom"]
+        print(
+            f"zerobus       {up.get('records', '?')} records in {up.get('batches', '?')} batches "
+            f"({up.get('records_per_s', '?')} records/s) into {ZEROBUS_TABLE}; read back with deltalake: "
+            f"{zerobus['rows']} rows, {zerobus['distinct_ids']} distinct ids, "
+            f"{zerobus['duplicates']} duplicates"
+        )
+        print(
+            f"              (a connection reset after a commit made the SDK resend; at most "
+            f"{up.get('duplicates_window_records', '?')} records can come twice) -> "
+            f"{zerobus['distinct_dedupe_keys']} rows after de-duplication by dedupe_key"
+        )
+        for row in zerobus["sample"]:
+            print(f"              {row}")
+        for problem in zerobus["problems"]:
+            print(f"CHECK FAILED  {problem}")
     received = sum(stats["bytes_in_by_path"].values())
     sent = sum(stats["bytes_out_by_path"].values())
     print(f"emulator      {stats['requests']} requests; {mib(received)} received, {mib(sent)} sent")
@@ -350,6 +407,7 @@ def main() -> int:
         default=None,
         help="part PUTs the emulator accepts before the outage (default: half of the 16 MiB parts)",
     )
+    ap.add_argument("--zerobus-events", type=int, default=20_000, help="JSON Lines the Zerobus DAG ingests")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, emulator root)")
     ap.add_argument("--summary-json", type=Path, help="also write the numbers shown to this file")
     args = ap.parse_args()
@@ -449,12 +507,13 @@ def main() -> int:
         }
         ok3, _, s3 = run_dag(env, AZURE, azure_conf, work / "azure.log")
         results.append((AZURE, ok3, s3))
+        ok4, zerobus = run_zerobus(env, work, args.zerobus_events, results)
         stats = control(url, "GET", "stats")
         roundtrip = xcom(db, ROUNDTRIP, "verify")
         download = xcom(db, ROUNDTRIP, "download")
         azure = xcom(db, AZURE, "verify")
         sensor_found = found.group(1) if found else None
-        print_summary(story, results, roundtrip, download, cuts, sensor_found, azure, stats)
+        print_summary(story, results, roundtrip, download, cuts, sensor_found, azure, stats, zerobus)
         if args.summary_json:
             summary = {
                 "dags": {d: {"ok": ok, "seconds": round(s, 1)} for d, ok, s in results},
@@ -463,10 +522,12 @@ def main() -> int:
                 "download": download,
                 "download_cuts": cuts,
                 "azure": azure,
+                "zerobus": zerobus,
                 "emulator": stats,
             }
             args.summary_json.write_text(json.dumps(summary, indent=2, default=str))
-        if not (ok1 and ok2 and ok3) or story["problems"]:
+        zerobus_problems = zerobus["problems"] if zerobus else ["the Zerobus emulator did not start"]
+        if not (ok1 and ok2 and ok3 and ok4) or story["problems"] or zerobus_problems:
             print(f"logs in {work}")
             args.keep = True
             return 1
@@ -477,6 +538,31 @@ def main() -> int:
         azurite.stop()  # before the work folder goes: SIGTERM lets it flush and exit
         if not args.keep:
             subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+def run_zerobus(
+    env: dict[str, str], work: Path, events: int, results: list[tuple[str, bool, float]]
+) -> tuple[bool, dict[str, Any] | None]:
+    """The Zerobus emulator in this process, the ``zerobus_ingest`` DAG against it, the table read back."""
+    from airflow_databricks_transfer.testing.zerobus import ZerobusEmulator  # deltalake loads here
+
+    with ZerobusEmulator(work / "warehouse", tables={ZEROBUS_TABLE: ZEROBUS_SCHEMA}) as emu:
+        conn = {
+            "conn_type": "databricks",
+            "host": emu.uc_url,
+            "login": emu.client_id,
+            "password": emu.client_secret,  # the emulator's published demo principal
+            "extra": {"zerobus_endpoint": emu.endpoint},
+        }
+        print(f"Zerobus emulator on {emu.endpoint} (OAuth at {emu.uc_url}), warehouse {emu.warehouse}")
+        # the 3rd ingest request is committed, then its connection reset before the ack: the SDK resends it
+        emu.add_fault(route="zerobus.ingest", path=ZEROBUS_TABLE, nth=3, drop=True, phase="after")
+        conf = {"events": events, "table": ZEROBUS_TABLE, "conn_id": "zerobus_emulator"}
+        zenv = {**env, "AIRFLOW_CONN_ZEROBUS_EMULATOR": json.dumps(conn)}
+        ok, _, secs = run_dag(zenv, ZEROBUS, conf, work / "zerobus.log")
+        results.append((ZEROBUS, ok, secs))
+        db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
+        return ok, zerobus_story(emu, db, events)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.airflow
 
 MiB = 1024 * 1024
 SIZE_MIB = 64
+ZEROBUS_EVENTS = 5000
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Completed
             str(SIZE_MIB),
             "--azure-size-mib",
             "16",
+            "--zerobus-events",
+            str(ZEROBUS_EVENTS),
             "--summary-json",
             str(out),
         ],
@@ -90,3 +93,18 @@ def test_first_try_died_mid_way_and_the_retry_sent_only_the_rest(
     assert (xcom["parts"], xcom["parts_resumed"], xcom["bytes_resumed"]) == (4, 2, 32 * MiB)
     assert xcom["bytes_sent"] == SIZE_MIB * MiB - 32 * MiB
     assert demo[1]["roundtrip"]["sha256"] == xcom["sha256"]
+
+
+def test_zerobus_events_all_reached_the_table_and_duplicates_stayed_in_the_window(
+    demo: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+) -> None:
+    proc, summary = demo
+    zb = summary["zerobus"]
+    assert zb["problems"] == [] and summary["dags"]["zerobus_ingest"]["ok"]
+    assert zb["distinct_ids"] == ZEROBUS_EVENTS and zb["xcom"]["records"] == ZEROBUS_EVENTS
+    # the planned reset after a commit made the SDK resend: duplicates, but only inside the window
+    assert zb["connections_dropped"] == 1
+    assert 0 < zb["duplicates"] <= zb["xcom"]["duplicates_window_records"]
+    assert zb["rows"] == ZEROBUS_EVENTS + zb["duplicates"]
+    assert zb["distinct_dedupe_keys"] == ZEROBUS_EVENTS  # exact de-duplication by the key column
+    assert f"{ZEROBUS_EVENTS} distinct ids, {zb['duplicates']} duplicates" in proc.stdout

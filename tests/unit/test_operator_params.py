@@ -19,6 +19,7 @@ from airflow_databricks_transfer.operators.files import (
     DatabricksVolumeToLocalFilesystemOperator,
     LocalFilesystemToDatabricksVolumeOperator,
 )
+from airflow_databricks_transfer.operators.zerobus import ZerobusIngestOperator
 from airflow_databricks_transfer.sensors.files import DatabricksVolumeFileSensor
 from airflow_databricks_transfer.triggers.files import DatabricksVolumeFileTrigger
 
@@ -31,6 +32,7 @@ PUBLIC = [
     LocalFilesystemToAzureBlobOperator,
     AzureBlobToDatabricksVolumeOperator,
     DatabricksVolumeToAzureBlobOperator,
+    ZerobusIngestOperator,
 ]
 AIRFLOW_BASES = (BaseOperator, BaseSensorOperator)
 
@@ -82,3 +84,9 @@ def test_download_templates_its_numeric_and_digest_arguments() -> None:
 
 def test_sensor_templates_stable_checks() -> None:
     assert "stable_checks" in DatabricksVolumeFileSensor.template_fields
+
+
+def test_zerobus_ingest_templates_its_numbers_and_stream_options() -> None:
+    fields = set(ZerobusIngestOperator.template_fields)
+    assert {"table_name", "source_path", "records", "batch_records", "flush_every_batches"} <= fields
+    assert {"max_inflight_records", "flush_timeout_ms", "server_lack_of_ack_timeout_ms"} <= fields
