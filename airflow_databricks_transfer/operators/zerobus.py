@@ -319,7 +319,14 @@ class ZerobusIngestOperator(BaseOperator):
             if opt_str(self.csv_delimiter) is not None:
                 options["delimiter"] = str(self.csv_delimiter)
             return reader_for(path, "csv", uri=uri, **options)
+        if (fmt or _format_of(path)) == "jsonl" and self._sends_lines_as_text():
+            # the SDK gets each line's own text, not json.dumps of a dict (0.64x -> 0.91x the SDK's rate)
+            return reader_for(path, "jsonl", uri=uri, as_text=True)
         return reader_for(path, fmt, uri=uri)
+
+    def _sends_lines_as_text(self) -> bool:
+        """A JSON stream without a dedupe key sends JSON Lines as they are (a dedupe key adds a field)."""
+        return str(self.record_type).strip().lower() == "json" and opt_str(self.dedupe_key) is None
 
     def _records(self, context: Context) -> list[Any]:
         if self.records_callable is not None:

@@ -211,12 +211,14 @@ def test_example_dags_import_without_errors(adt_airflow: AirflowHome) -> None:
         "azure_blob_volume.py",
         "databricks_volume_roundtrip.py",
         "databricks_volume_sensor.py",
+        "zerobus_ingest.py",
     ]
     assert bag["dags"] == [
         "azure_blob_volume_roundtrip",
         "databricks_volume_roundtrip",
         "databricks_volume_roundtrip_daily",
         "databricks_volume_sensor",
+        "zerobus_ingest",
     ]
     # the ones people trigger by hand have no schedule (unpausing them starts no run); one is scheduled
     assert bag["schedules"] == {
@@ -224,6 +226,7 @@ def test_example_dags_import_without_errors(adt_airflow: AirflowHome) -> None:
         "databricks_volume_roundtrip": None,
         "databricks_volume_roundtrip_daily": "@daily",
         "databricks_volume_sensor": None,
+        "zerobus_ingest": None,
     }
     # the trigger form shows each Param's title and description, and marks required what has no null
     for dag_id, params in bag["params"].items():
