@@ -84,7 +84,9 @@ def worker_ours(spec: dict[str, Any]) -> None:
         lambda: client.open_sink(spec["table"]),
         # as the operator reads JSON Lines for a JSON stream without a dedupe key: each line's own text
         JsonLinesReader(spec["file"], as_text=True),
-        IngestOptions(batch_records=1000, flush_every_batches=int(os.environ.get("BENCH_FLUSH_EVERY", "10"))),
+        IngestOptions(
+            batch_records=1000, flush_every_batches=int(os.environ.get("BENCH_FLUSH_EVERY", "100"))
+        ),
         table=spec["table"],
         source=SourceIdentity.of_file(spec["file"]),
     )

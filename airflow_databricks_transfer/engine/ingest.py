@@ -665,7 +665,11 @@ class IngestOptions:
 
     batch_records: int = 1000
     batch_bytes: int = 4 * MiB
-    flush_every_batches: int = 10
+    # Each flush waits for the server's acknowledgement (a commit) while nothing else is sent: into the
+    # emulator, 1M records of ~200 B went at 0.66-0.73x the SDK's own rate (no flush until the end) with
+    # a flush every 10 batches of 1000, and at 1.00x with one every 100. The duplicates window a killed
+    # try leaves is at most this many batches (or flush_interval_s of records, whichever comes first).
+    flush_every_batches: int = 100
     flush_interval_s: float = 5.0
     dedupe_key: str | None = None
     dead_letter_path: str | None = None

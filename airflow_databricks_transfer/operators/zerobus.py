@@ -79,7 +79,9 @@ class ZerobusIngestOperator(BaseOperator):
         cell); other columns stay strings, and an empty cell is null.
     :param batch_records: records per ingest call (templated).
     :param batch_bytes: bytes per ingest call at most (templated).
-    :param flush_every_batches: batches between two acknowledged flushes, i.e. checkpoints (templated).
+    :param flush_every_batches: batches between two acknowledged flushes, i.e. checkpoints (templated;
+        default 100: at most 100 x ``batch_records`` records can reach the table twice after a killed
+        try, and a flush every 10 batches measured 0.66-0.73x the SDK's rate against 1.00x).
         The duplicates a killed try can leave are at most the records sent since the last flush.
     :param flush_interval_s: flush at least this often, however few batches went (templated).
     :param dedupe_key: a column the operator fills with a key deterministic from the source identity and
@@ -141,7 +143,7 @@ class ZerobusIngestOperator(BaseOperator):
         csv_types: Mapping[str, str] | None = None,
         batch_records: int | str = 1000,
         batch_bytes: int | str = 4 * 1024 * 1024,
-        flush_every_batches: int | str = 10,
+        flush_every_batches: int | str = 100,
         flush_interval_s: float | str = 5.0,
         dedupe_key: str | None = None,
         dead_letter_path: str | None = None,
