@@ -57,7 +57,15 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "integration-name": INTEGRATION,
                 "python-modules": ["airflow_databricks_transfer.operators.files"],
-            }
+            },
+            {
+                "integration-name": AZURE_INTEGRATION,
+                "python-modules": ["airflow_databricks_transfer.operators.azure_blob"],
+            },
+            {
+                "integration-name": ZEROBUS_INTEGRATION,
+                "python-modules": ["airflow_databricks_transfer.operators.zerobus"],
+            },
         ],
         "sensors": [
             {"integration-name": INTEGRATION, "python-modules": ["airflow_databricks_transfer.sensors.files"]}
