@@ -16,8 +16,8 @@ Upload checkpoints are split over keys: ``<key>`` holds the head and ``<key>.seg
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from airflow.sdk import NEVER_EXPIRE  # type: ignore[attr-defined]  # lazily exported
 
@@ -32,6 +32,7 @@ from airflow_databricks_transfer.engine.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 XCOM_KEY = "checkpoint"
+_C = TypeVar("_C", DownloadCheckpoint, IngestCheckpoint)
 _warned = {"no_store": False}
 
 
@@ -90,26 +91,22 @@ class TaskCheckpointStore:
             return None, str(err)
 
     def load_download(self, kind: str = "files_api.download") -> tuple[DownloadCheckpoint | None, str | None]:
-        raw = self._raw()
-        if raw is None:
-            return None, None
-        try:
-            if not isinstance(raw, Mapping):
-                raise CheckpointError("checkpoint is not a JSON object")
-            return DownloadCheckpoint.from_dict(raw, kind), None
-        except CheckpointError as err:
-            self.clear()
-            return None, str(err)
+        """The stored download checkpoint of ``kind``, or (None, why it was discarded)."""
+        return self._load_one(lambda raw: DownloadCheckpoint.from_dict(raw, kind))
 
     def load_ingest(self, kind: str = "zerobus.ingest") -> tuple[IngestCheckpoint | None, str | None]:
         """The stored ingest checkpoint, or (None, why it was discarded)."""
+        return self._load_one(lambda raw: IngestCheckpoint.from_dict(raw, kind))
+
+    def _load_one(self, parse: Callable[[Mapping[str, Any]], _C]) -> tuple[_C | None, str | None]:
+        """A checkpoint kept as one value (downloads, ingests); a corrupt or foreign one is cleared."""
         raw = self._raw()
         if raw is None:
             return None, None
         try:
             if not isinstance(raw, Mapping):
                 raise CheckpointError("checkpoint is not a JSON object")
-            return IngestCheckpoint.from_dict(raw, kind), None
+            return parse(raw), None
         except CheckpointError as err:
             self.clear()
             return None, str(err)
