@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -203,3 +204,12 @@ def test_a_server_refuses_rules_it_would_not_apply(effect: dict[str, object]) ->
     with pytest.raises(ValueError, match="does not apply the fault rule fields"):
         plan.add(FaultRule(**effect))  # type: ignore[arg-type]
     assert plan.add(FaultRule(status=503)).id  # what it applies is still taken
+
+
+def test_the_zerobus_emulator_refuses_a_proxy_only_rule(tmp_path: Path) -> None:
+    from airflow_databricks_transfer.testing.zerobus import ZerobusEmulator
+
+    emu = ZerobusEmulator(tmp_path)  # not started: the rule is refused when it is added
+    with pytest.raises(ValueError, match=r"does not apply the fault rule fields \['refuse'\]"):
+        emu.add_fault(route="zerobus.ingest", refuse=True)
+    assert emu.add_fault(route="zerobus.ingest", grpc_code="UNAVAILABLE").id

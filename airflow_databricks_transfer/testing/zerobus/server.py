@@ -52,7 +52,8 @@ class ZerobusServer:
     ) -> None:
         self.settings = settings or ZerobusSettings()
         self.warehouse = Warehouse(warehouse, lambda: self.settings)
-        self.faults = FaultPlan()
+        # gRPC routes end or reset a stream; the token route answers an HTTP status
+        self.faults = FaultPlan(honours=frozenset({"grpc_code", "drop", "status"}))
         self.log = StreamLog()
         self._tokens: dict[str, tuple[str | None, float]] = {}  # token -> (table scope, expiry)
         self._tokens_lock = threading.Lock()
