@@ -39,7 +39,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import IO, Any, Protocol
 
 from airflow_databricks_transfer.engine.checkpoint import IngestCheckpoint, IngestFormat, SourceIdentity
@@ -53,6 +53,7 @@ from airflow_databricks_transfer.engine.ports import IngestCheckpointSink, NullS
 from airflow_databricks_transfer.engine.progress import (
     MiB,
     ProgressEvent,
+    ProgressTracker,
     Subscriber,
     _duration,
     _size,
@@ -763,7 +764,8 @@ class IngestProgressEvent(ProgressEvent):
 
 
 class _Progress:
-    """Throttled events at acknowledged positions (a flush), with the try's average rate."""
+    """Progress at acknowledged positions: the shared ProgressTracker (throttling, rate, ETA) counts the
+    bytes; its events go out as IngestProgressEvents carrying the record counts."""
 
     def __init__(
         self,
@@ -775,48 +777,38 @@ class _Progress:
         bytes_resumed: int,
         records_resumed: int,
     ) -> None:
-        self.label, self.bytes_total, self.subscribers = label, bytes_total, list(subscribers)
-        self.interval_s, self.started = interval_s, started
-        self.bytes_resumed, self.records_resumed = bytes_resumed, records_resumed
-        self.bytes_done, self.records_done = bytes_resumed, records_resumed
-        self._last = started
+        self.subscribers = list(subscribers)
+        self.records_done = self.records_resumed = records_resumed
+        self._bytes = bytes_resumed
+        self._tracker = ProgressTracker(
+            label,
+            bytes_total,
+            0,
+            subscribers=[self._relay],
+            interval_s=interval_s,
+            unit="record",
+            started=started,
+        )
+        self._tracker.resumed(bytes_resumed)
 
     def acked(self, records: int, nbytes: int) -> None:
-        self.records_done, self.bytes_done = records, nbytes
-        now = time.monotonic()
-        if now - self._last >= self.interval_s:
-            self._last = now
-            self._publish(self._event(now, final=False))
+        self.records_done = records
+        delta, self._bytes = nbytes - self._bytes, nbytes
+        self._tracker.add(delta)
 
     def finish(self) -> IngestProgressEvent:
-        event = self._event(time.monotonic(), final=True)
-        self._publish(event)
-        return event
+        return self._with_records(self._tracker.finish())
 
-    def _event(self, now: float, final: bool) -> IngestProgressEvent:
-        elapsed = now - self.started
-        rate = (self.bytes_done - self.bytes_resumed) / elapsed if elapsed > 0 else 0.0
-        remaining = max(0, self.bytes_total - self.bytes_done)
-        eta = remaining / rate if rate > 0 else (0.0 if remaining == 0 else None)
+    def _with_records(self, event: ProgressEvent) -> IngestProgressEvent:
+        base = {f.name: getattr(event, f.name) for f in fields(ProgressEvent)}
         return IngestProgressEvent(
-            self.label,
-            self.bytes_done,
-            self.bytes_total,
-            0,
-            0,
-            self.bytes_resumed,
-            elapsed,
-            rate,
-            eta,
-            final,
-            "record",
-            records_done=self.records_done,
-            records_resumed=self.records_resumed,
+            **base, records_done=self.records_done, records_resumed=self.records_resumed
         )
 
-    def _publish(self, event: IngestProgressEvent) -> None:
+    def _relay(self, event: ProgressEvent) -> None:
+        ingest_event = self._with_records(event)
         for subscriber in self.subscribers:
-            subscriber(event)
+            subscriber(ingest_event)
 
 
 @dataclass
