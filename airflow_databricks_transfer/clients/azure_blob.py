@@ -287,6 +287,9 @@ class AzureBlobDownloadSource:
 
     def __init__(self, client: AzureBlobClient, ref: BlobRef) -> None:
         self.client, self.ref = client, ref
+        # one client per transfer, shared by the workers (the SDK's clients are thread-safe), not one
+        # built for every range
+        self._blob = client.blob(ref)
 
     @property
     def path(self) -> str:
@@ -307,7 +310,7 @@ class AzureBlobDownloadSource:
             return _EmptyReader()
         if not pinned.etag:
             raise RemoteChangedError(f"{self.path}: no ETag to pin the download to")
-        blob = self.client.blob(self.ref)
+        blob = self._blob
         what = f"bytes {start}-{start + length - 1} of {self.path}"
 
         def fetch() -> Any:
@@ -361,6 +364,7 @@ class AzureBlobUploadTarget:
 
     def __init__(self, client: AzureBlobClient, ref: BlobRef, *, overwrite: bool = True) -> None:
         self.client, self.ref, self.overwrite = client, ref, overwrite
+        self._blob = client.blob(ref)  # one per transfer, shared by the workers (thread-safe)
 
     @property
     def destination(self) -> str:
@@ -383,7 +387,7 @@ class AzureBlobUploadTarget:
         if cancel is not None and cancel.is_set():
             raise Cancelled("upload stopped")
         conditions: dict[str, Any] = {} if overwrite else {"match_condition": MatchConditions.IfMissing}
-        blob = self.client.blob(self.ref)
+        blob = self._blob
         what = f"Put Blob {self.destination}"
         if isinstance(body, memoryview):
             data = bytes(body)
@@ -431,7 +435,7 @@ class AzureBlobUploadTarget:
             raise Cancelled("upload stopped")
         if pace is not None:
             pace(len(body))
-        blob = self.client.blob(self.ref)
+        blob = self._blob
         answer = _call(
             lambda: blob.stage_block(
                 block_id(token, part_number),
@@ -448,7 +452,7 @@ class AzureBlobUploadTarget:
         return base64.b64encode(bytes(md5)).decode("ascii") if md5 else ""
 
     def staged_blocks(self, token: str) -> dict[int, int]:
-        blob = self.client.blob(self.ref)
+        blob = self._blob
         try:
             _committed, uncommitted = blob.get_block_list("uncommitted")
         except ResourceNotFoundError as err:
@@ -469,7 +473,7 @@ class AzureBlobUploadTarget:
     ) -> None:
         """Put Block List; committing the same list again after a lost answer succeeds (the ids are
         looked up as "latest": uncommitted first, then committed)."""
-        blob = self.client.blob(self.ref)
+        blob = self._blob
         blocks = [BlobBlock(block_id(token, n)) for n, _ in parts]
         settings = ContentSettings(content_md5=bytearray(content_md5)) if content_md5 else None
         conditions: dict[str, Any] = {} if self.overwrite else {"match_condition": MatchConditions.IfMissing}
@@ -483,5 +487,5 @@ class AzureBlobUploadTarget:
         log.debug("%s: uncommitted blocks of upload %s are left to expire", self.destination, token)
 
     def delete(self) -> None:
-        blob = self.client.blob(self.ref)
+        blob = self._blob
         _call(blob.delete_blob, f"delete {self.destination}")
