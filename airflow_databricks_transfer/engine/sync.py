@@ -360,9 +360,11 @@ class VolumeSync:
         subscribers: list[Subscriber] | None = None,
         file_subscribers: Callable[[str], list[Subscriber]] | None = None,
         fragment: str | None = None,
+        only: Iterable[str] | None = None,
     ) -> None:
-        """``fragment``: write this run's manifest updates to a fragment of that name (a mapped batch)
-        instead of the manifest itself."""
+        """``only``: sync just these relative paths (a mapped batch; no deletes); ``fragment``: write this
+        run's manifest updates to a fragment of that name instead of the manifest itself (batches that
+        run at once never overwrite each other's records)."""
         self.remote = remote
         self.local_root = os.fspath(local_root)
         self.target = check_volume_folder(target)
@@ -376,6 +378,7 @@ class VolumeSync:
         if fragment is not None and (not fragment or "/" in fragment or fragment.startswith(".")):
             raise InvalidRequestError(f"invalid manifest fragment name {fragment!r}")
         self.fragment = fragment
+        self.only = None if only is None else frozenset(only)
         self._stop = threading.Event()
         self._active: dict[str, Uploader] = {}
         self._lock = threading.Lock()
@@ -435,6 +438,8 @@ class VolumeSync:
         scan = scan_tree(self.local_root, opts.path_filter)
         listing = self.remote.list_files(self.target)
         manifest, fragments = self.load_manifest(listing)
+        if self.only is not None:
+            scan.files = [f for f in scan.files if f.rel in self.only]
         files = {f.rel: f for f in scan.files}
         # a hash is needed for files the manifest knows with the same size (content check) and for every
         # file to upload (recorded in the manifest; with content naming, the remote name)
@@ -487,7 +492,7 @@ class VolumeSync:
                 rel,
             )
         deletes: list[str] = []
-        if opts.delete_removed:
+        if opts.delete_removed and self.only is None:
             deletes = self._deletes(listing, manifest, wanted, set(files))
         return SyncPlan(
             uploads,
@@ -525,19 +530,14 @@ class VolumeSync:
         return out
 
     # ------------------------------------------------------------------ run
-    def run(
-        self, plan: SyncPlan | None = None, *, dry_run: bool = False, only: Iterable[str] | None = None
-    ) -> SyncResult:
-        """Plan (unless given), then upload, record and delete. ``only``: a mapped batch's paths."""
+    def run(self, plan: SyncPlan | None = None, *, dry_run: bool = False) -> SyncResult:
+        """Plan (unless given), then upload, record and delete."""
         started = time.monotonic()
         plan = plan or self.plan()
         uploads = plan.uploads
-        if only is not None:
-            chosen = set(only)
-            uploads = [a for a in uploads if a.rel in chosen]
         result = SyncResult(self.target, dry_run)
         result.actions = list(uploads)
-        result.deletes = list(plan.deletes) if only is None else []
+        result.deletes = list(plan.deletes)
         result.remote_changed = list(plan.remote_changed)
         result.refused = list(plan.refused)
         result.skipped = plan.unchanged

@@ -359,7 +359,7 @@ def test_batches_in_fragments_then_merged(
     assert sorted(r for b in batches for r in b) == sorted(plan.files)
 
     for i, batch in enumerate(batches):
-        VolumeSync(tree_api, root, TARGET, hash_cache=cache, fragment=f"run1-{i}").run(only=batch)
+        VolumeSync(tree_api, root, TARGET, hash_cache=cache, fragment=f"run1-{i}", only=batch).run()
     assert not emu.local_path(f"{TARGET}/{MANIFEST_NAME}").exists()
     assert len(list(emu.local_path(f"{TARGET}/{FRAGMENTS_DIR}").iterdir())) == 3
 
