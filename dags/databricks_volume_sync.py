@@ -52,17 +52,43 @@ def params() -> dict[str, Param]:
             title="Volume folder",
             description="/Volumes/<catalog>/<schema>/<volume>/<folder>: the sync's target.",
         ),
-        "files": Param(200, type="integer", minimum=0, title="Generated files"),
+        "files": Param(
+            200,
+            type="integer",
+            minimum=0,
+            title="Generated files",
+            description="How many sample files the tree should hold (1-64 KiB each, in 10 folders).",
+        ),
         "include": Param(
             "", type="string", title="Include", description="Comma-separated globs; empty: every file."
         ),
         "exclude": Param("*.tmp", type="string", title="Exclude", description="Comma-separated globs."),
-        "dry_run": Param(False, type="boolean", title="Dry run", description="List, send nothing."),
-        "force_upload": Param(False, type="boolean", title="Send every file again"),
-        "delete_removed": Param(
-            False, type="boolean", title="Delete remote files that are gone locally (inside the folder)"
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Only list what would be sent (and why) and what would be deleted.",
         ),
-        "concurrency": Param(5, type="integer", minimum=1, maximum=64, title="Files at once"),
+        "force_upload": Param(
+            False,
+            type="boolean",
+            title="Send every file again",
+            description="Ignore the manifest and the hash cache: read and send every file.",
+        ),
+        "delete_removed": Param(
+            False,
+            type="boolean",
+            title="Delete removed files",
+            description="Delete Volume files that no longer exist locally (only inside the Volume folder).",
+        ),
+        "concurrency": Param(
+            5,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            title="Files at once",
+            description="Files sent at the same time; each large file also sends several parts at once.",
+        ),
     }
 
 
@@ -122,7 +148,16 @@ with DAG(
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    params={**params(), "batches": Param(4, type="integer", minimum=1, title="Batches (mapped tasks)")},
+    params={
+        **params(),
+        "batches": Param(
+            4,
+            type="integer",
+            minimum=1,
+            title="Batches",
+            description="At most this many mapped upload tasks, with about equal bytes each.",
+        ),
+    },
     default_args=default_args,
     tags=["databricks", "volumes", "sync", "example"],
 ):
