@@ -93,7 +93,7 @@ def params() -> dict[str, Param]:
 
 
 @task
-def generate_tree(local_dir: str, files: int) -> dict[str, Any]:
+def generate_tree(local_dir: str, files: int | str) -> dict[str, Any]:
     """A deterministic tree (CSV-like files of 1-64 KiB in 10 folders), written only where missing, so
     an unchanged tree keeps its modification times and the next sync reads nothing."""
     root = Path(local_dir)
