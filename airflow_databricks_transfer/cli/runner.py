@@ -1,0 +1,50 @@
+"""Runs engine transfers for the command line: Ctrl-C or SIGTERM cancels cleanly, keeping the checkpoint.
+
+The same ``CancellableTransfers`` the Airflow hooks use for ``on_kill``, here driven by signals: the
+first signal asks the running transfer to stop (its workers end within seconds and the checkpoint stays
+for the next run); a second Ctrl-C interrupts at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from airflow_databricks_transfer.hooks._running import CancellableTransfers
+
+_log = logging.getLogger("airflow_databricks_transfer.cli.transfer")
+# the display shows progress; the engine's INFO progress lines stay out of the terminal
+_log.setLevel(logging.WARNING)
+
+
+class Runner(CancellableTransfers):
+    """Transfers of one command; ``cancel()`` (from a signal) stops the running one."""
+
+    log = _log
+
+    def __init__(self) -> None:
+        self.interrupted = False
+
+    @contextmanager
+    def signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM cancel the transfer (a second SIGINT raises KeyboardInterrupt)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self.interrupted and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            self.cancel()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
