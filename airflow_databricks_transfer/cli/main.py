@@ -17,7 +17,7 @@ from typing import Any
 
 from airflow_databricks_transfer import __version__
 from airflow_databricks_transfer.cli import args as cli_args
-from airflow_databricks_transfer.cli import files, volumes
+from airflow_databricks_transfer.cli import azure, files, volumes
 from airflow_databricks_transfer.cli.errors import CliError, UsageError
 from airflow_databricks_transfer.cli.progress import Display
 from airflow_databricks_transfer.clients.redact import RedactUrlQueries
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_parsers(sub, [common, db, transfer])
     files.add_list_parser(sub, [common, db])
     volumes.add_parser(sub, [common, db])
+    azure.add_parsers(sub, common, db, transfer)
     return parser
 
 

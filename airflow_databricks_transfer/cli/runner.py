@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
 
 from airflow_databricks_transfer.hooks._running import CancellableTransfers
@@ -26,25 +26,28 @@ class Runner(CancellableTransfers):
 
     log = _log
 
-    def __init__(self) -> None:
-        self.interrupted = False
+    def signals(self) -> AbstractContextManager[None]:
+        return signals(self)
 
-    @contextmanager
-    def signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM cancel the transfer (a second SIGINT raises KeyboardInterrupt)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
 
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            if self.interrupted and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.interrupted = True
-            self.cancel()
+@contextmanager
+def signals(transfers: CancellableTransfers) -> Iterator[None]:
+    """SIGINT/SIGTERM cancel the running transfer (a second SIGINT raises KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = False
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupted
+        if interrupted and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        interrupted = True
+        transfers.cancel()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
