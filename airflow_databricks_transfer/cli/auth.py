@@ -12,6 +12,7 @@ from typing import Any
 
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.core import Config
+from databricks.sdk.credentials_provider import CredentialsProvider, CredentialsStrategy
 
 from airflow_databricks_transfer.cli.errors import CliError
 from airflow_databricks_transfer.clients.files_api import FilesApiClient
@@ -37,6 +38,28 @@ def workspace_config(args: argparse.Namespace) -> Config:
         return Config(**kwargs)
     except ValueError as err:  # the SDK's "cannot configure default credentials" and friends
         raise CliError(f"Databricks authentication is not configured: {_first_line(err)}") from None
+
+
+def raw_config(args: argparse.Namespace) -> Config:
+    """The SDK's config (host, client id and secret from the environment or a profile) without resolving
+    its auth: Zerobus mints its own tokens, and its token endpoint need not serve the SDK's discovery."""
+    kwargs: dict[str, Any] = {"credentials_strategy": _Unresolved()}
+    if getattr(args, "profile", None):
+        kwargs["profile"] = args.profile
+    if getattr(args, "host", None):
+        kwargs["host"] = args.host
+    try:
+        return Config(**kwargs)
+    except ValueError as err:
+        raise CliError(f"Databricks config: {_first_line(err)}") from None
+
+
+class _Unresolved(CredentialsStrategy):
+    def auth_type(self) -> str:
+        return "zerobus-oauth"
+
+    def __call__(self, cfg: Config) -> CredentialsProvider:
+        return lambda: {}
 
 
 def databricks(args: argparse.Namespace) -> Databricks:

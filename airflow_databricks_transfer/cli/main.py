@@ -17,7 +17,7 @@ from typing import Any
 
 from airflow_databricks_transfer import __version__
 from airflow_databricks_transfer.cli import args as cli_args
-from airflow_databricks_transfer.cli import azure, files, volumes
+from airflow_databricks_transfer.cli import azure, files, ingest, volumes
 from airflow_databricks_transfer.cli.errors import CliError, UsageError
 from airflow_databricks_transfer.cli.progress import Display
 from airflow_databricks_transfer.clients.redact import RedactUrlQueries
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_list_parser(sub, [common, db])
     volumes.add_parser(sub, [common, db])
     azure.add_parsers(sub, common, db, transfer)
+    ingest.add_parser(sub, common, db)
     return parser
 
 
@@ -64,6 +65,9 @@ def _configure_logging(verbose: bool) -> None:
     logging.getLogger("airflow_databricks_transfer.engine").setLevel(
         logging.NOTSET if verbose else logging.ERROR
     )
+    if not verbose:
+        # e.g. "Failed to automatically resolve config from host metadata": noise on every run
+        logging.getLogger("databricks.sdk").setLevel(logging.ERROR)
     if verbose:
         # urllib3's connection lines carry full URLs, with presigned queries: the filter strips them
         logging.getLogger("urllib3").setLevel(logging.DEBUG)
