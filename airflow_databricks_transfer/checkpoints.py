@@ -15,6 +15,7 @@ Upload checkpoints are split over keys: ``<key>`` holds the head and ``<key>.seg
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -150,3 +151,26 @@ class TaskCheckpointStore:
         for i in range(count if isinstance(count, int) and 0 < count <= 1000 else 0):
             self._store.delete(f"{self.key}.seg.{i}")
         self._segments_written = None
+
+
+class TaskFileCheckpoints:
+    """Per-file upload checkpoints of a sync, one task state store key per large file in flight.
+
+    A sync may have several multipart uploads at once; each gets ``<key>.file.<digest of its path>``
+    (and that key's segments), so a retried sync resumes each half-sent large file where it stopped.
+    A finished file's checkpoint is deleted by its upload; only unfinished ones stay for the retry.
+    """
+
+    def __init__(self, context: Mapping[str, Any], key: str = "checkpoint") -> None:
+        self._context = context
+        self.key = key
+
+    def _store(self, rel: str) -> TaskCheckpointStore:
+        digest = hashlib.sha256(rel.encode()).hexdigest()[:20]
+        return TaskCheckpointStore(self._context, f"{self.key}.file.{digest}", mirror_to_xcom=False)
+
+    def load(self, rel: str) -> tuple[UploadCheckpoint | None, str | None]:
+        return self._store(rel).load_upload()
+
+    def sink(self, rel: str) -> TaskCheckpointStore:
+        return self._store(rel)

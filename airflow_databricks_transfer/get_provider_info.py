@@ -56,7 +56,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": INTEGRATION,
-                "python-modules": ["airflow_databricks_transfer.operators.files"],
+                "python-modules": [
+                    "airflow_databricks_transfer.operators.files",
+                    "airflow_databricks_transfer.operators.sync",
+                ],
             },
             {
                 "integration-name": AZURE_INTEGRATION,

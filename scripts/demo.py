@@ -18,6 +18,9 @@ retry resume.
    official Zerobus SDK). One ingest request is committed and then its connection reset before the ack, so
    the SDK resends it: the table is read back with ``deltalake`` and the duplicates it holds are counted, and
    dropped exactly by the ``dedupe_key`` column.
+   Runs ``databricks_volume_sync`` twice over the same generated tree (2,000 small files by default): the
+   first run sends every file, the second sends none and reads none (the hash cache and the manifest in
+   the Volume answer for every file).
 3. Prints what each try did. Every number comes from the emulator's request log (which part PUTs it
    accepted, refused, or got again) or from Airflow's metadata DB (task tries, the XCom results); none
    is computed from what the demo expects. ``--summary-json`` writes them for tests.
@@ -47,6 +50,8 @@ AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 ROUNDTRIP = "databricks_volume_roundtrip"
 SENSOR = "databricks_volume_sensor"
 AZURE = "azure_blob_volume_roundtrip"
+SYNC = "databricks_volume_sync"
+SYNC_TARGET = "/Volumes/main/default/landing/sync"
 ZEROBUS = "zerobus_ingest"
 ZEROBUS_TABLE = "main.default.events"
 ZEROBUS_SCHEMA = "id BIGINT NOT NULL, user STRING, kind STRING, amount DOUBLE, dedupe_key STRING"
@@ -168,6 +173,12 @@ def tries(db: Path, dag_id: str, task_id: str) -> list[dict[str, Any]]:
     rows = query(db, f"SELECT {cols} FROM task_instance_history {where} ORDER BY try_number", dag_id, task_id)
     rows += query(db, f"SELECT {cols} FROM task_instance {where}", dag_id, task_id)
     return [{"try_number": r[0], "state": r[1], "start": r[2], "end": r[3]} for r in rows]
+
+
+SYNC_XCOM_SQL = (
+    "SELECT x.value FROM xcom x JOIN dag_run r ON r.id = x.dag_run_id"
+    " WHERE x.dag_id = ? AND x.task_id = ? AND x.key = 'return_value' ORDER BY r.id"
+)
 
 
 def xcom(db: Path, dag_id: str, task_id: str) -> Any:
@@ -408,6 +419,7 @@ def main() -> int:
         help="part PUTs the emulator accepts before the outage (default: half of the 16 MiB parts)",
     )
     ap.add_argument("--zerobus-events", type=int, default=20_000, help="JSON Lines the Zerobus DAG ingests")
+    ap.add_argument("--sync-files", type=int, default=2000, help="files in the tree the sync DAG syncs twice")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, emulator root)")
     ap.add_argument("--summary-json", type=Path, help="also write the numbers shown to this file")
     args = ap.parse_args()
@@ -508,6 +520,7 @@ def main() -> int:
         ok3, _, s3 = run_dag(env, AZURE, azure_conf, work / "azure.log")
         results.append((AZURE, ok3, s3))
         ok4, zerobus = run_zerobus(env, work, args.zerobus_events, results)
+        ok5, sync = run_sync(env, work, db, args.sync_files, results)
         stats = control(url, "GET", "stats")
         roundtrip = xcom(db, ROUNDTRIP, "verify")
         download = xcom(db, ROUNDTRIP, "download")
@@ -523,11 +536,12 @@ def main() -> int:
                 "download_cuts": cuts,
                 "azure": azure,
                 "zerobus": zerobus,
+                "sync": sync,
                 "emulator": stats,
             }
             args.summary_json.write_text(json.dumps(summary, indent=2, default=str))
         zerobus_problems = zerobus["problems"] if zerobus else ["the Zerobus emulator did not start"]
-        if not (ok1 and ok2 and ok3 and ok4) or story["problems"] or zerobus_problems:
+        if not (ok1 and ok2 and ok3 and ok4 and ok5) or story["problems"] or zerobus_problems:
             print(f"logs in {work}")
             args.keep = True
             return 1
@@ -538,6 +552,36 @@ def main() -> int:
         azurite.stop()  # before the work folder goes: SIGTERM lets it flush and exit
         if not args.keep:
             subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+def run_sync(
+    env: dict[str, str], work: Path, db: Path, files: int, results: list[tuple[str, bool, float]]
+) -> tuple[bool, dict[str, Any]]:
+    """``databricks_volume_sync`` twice over the same generated tree: the second run sends nothing."""
+    conf = {"local_dir": str(work / "sync-tree"), "volume_dir": SYNC_TARGET, "files": files}
+    sync_env = {**env, "XDG_STATE_HOME": str(work / "state")}  # the workers' hash cache
+    runs = []
+    for n in (1, 2):
+        ok, _, secs = run_dag(sync_env, SYNC, conf, work / f"sync-{n}.log")
+        results.append((f"{SYNC} (run {n})", ok, secs))
+        runs.append(ok)
+    values = [json.loads(r[0]) for r in query(db, SYNC_XCOM_SQL, SYNC, "sync")]
+    first, second = [*values, None, None][:2]
+    problems = []
+    if not (first and second):
+        problems.append("a sync run left no result")
+    elif second["uploaded"] or second["files_hashed"]:
+        problems.append(f"the second sync sent {second['uploaded']} and read {second['files_hashed']} files")
+    if first and second:
+        print(
+            f"sync          run 1 sent {first['uploaded']} files ({mib(first['bytes_uploaded'])}) in "
+            f"{first['seconds']:.1f} s ({first['files_per_s']:.0f} files/s); run 2 sent "
+            f"{second['uploaded']}, read {second['files_hashed']} files ({second['hash_cache_hits']} hashes "
+            f"from the cache), {second['skipped']} unchanged, in {second['seconds']:.2f} s"
+        )
+    for p in problems:
+        print(f"CHECK FAILED: {p}")
+    return all(runs) and not problems, {"first": first, "second": second, "problems": problems}
 
 
 def run_zerobus(

@@ -3,6 +3,7 @@ errors that fail a task at once (no retry can fix them)."""
 
 from __future__ import annotations
 
+import ast
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
@@ -72,3 +73,36 @@ def fail_fast(err: Exception) -> None:
     """Turn an error no retry can fix into AirflowFailException (the task fails without retrying)."""
     if isinstance(err, NOT_RETRYABLE):
         raise AirflowFailException(f"{type(err).__name__}: {err}") from err
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """A flag that may arrive rendered from a template or a UI Param ("True", "false", "1")."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", "", "none"):
+        return False
+    raise AirflowFailException(f"{name} must be true or false, got {value!r}")
+
+
+def as_patterns(value: Any, name: str) -> tuple[str, ...]:
+    """Glob patterns from a list, or a rendered string: a JSON/Python list, or comma/newline separated."""
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+    else:
+        text = str(value).strip()
+        if text in ("", "None", "[]"):
+            return ()
+        if text.startswith("["):
+            try:
+                parsed = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                raise AirflowFailException(f"{name} is not a list of patterns: {value!r}") from None
+            items = [str(v) for v in parsed]
+        else:
+            items = text.replace("\n", ",").split(",")
+    return tuple(p.strip() for p in items if p.strip())

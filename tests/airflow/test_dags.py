@@ -211,6 +211,7 @@ def test_example_dags_import_without_errors(adt_airflow: AirflowHome) -> None:
         "azure_blob_volume.py",
         "databricks_volume_roundtrip.py",
         "databricks_volume_sensor.py",
+        "databricks_volume_sync.py",
         "zerobus_ingest.py",
     ]
     assert bag["dags"] == [
@@ -218,14 +219,18 @@ def test_example_dags_import_without_errors(adt_airflow: AirflowHome) -> None:
         "databricks_volume_roundtrip",
         "databricks_volume_roundtrip_daily",
         "databricks_volume_sensor",
+        "databricks_volume_sync",
+        "databricks_volume_sync_fanout",
         "zerobus_ingest",
     ]
-    # the ones people trigger by hand have no schedule (unpausing them starts no run); one is scheduled
+    # the ones people trigger by hand have no schedule (unpausing them starts no run); two are scheduled
     assert bag["schedules"] == {
         "azure_blob_volume_roundtrip": None,
         "databricks_volume_roundtrip": None,
         "databricks_volume_roundtrip_daily": "@daily",
         "databricks_volume_sensor": None,
+        "databricks_volume_sync": "@hourly",
+        "databricks_volume_sync_fanout": None,
         "zerobus_ingest": None,
     }
     # the trigger form shows each Param's title and description, and marks required what has no null

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.airflow
 MiB = 1024 * 1024
 SIZE_MIB = 64
 ZEROBUS_EVENTS = 5000
+SYNC_FILES = 300
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Completed
             "16",
             "--zerobus-events",
             str(ZEROBUS_EVENTS),
+            "--sync-files",
+            str(SYNC_FILES),
             "--summary-json",
             str(out),
         ],
@@ -108,3 +111,15 @@ def test_zerobus_events_all_reached_the_table_and_duplicates_stayed_in_the_windo
     assert zb["rows"] == ZEROBUS_EVENTS + zb["duplicates"]
     assert zb["distinct_dedupe_keys"] == ZEROBUS_EVENTS  # exact de-duplication by the key column
     assert f"{ZEROBUS_EVENTS} distinct ids, {zb['duplicates']} duplicates" in proc.stdout
+
+
+def test_the_second_sync_run_sends_and_reads_nothing(
+    demo: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+) -> None:
+    proc, summary = demo
+    sync = summary["sync"]
+    assert sync["problems"] == []
+    first, second = sync["first"], sync["second"]
+    assert (first["uploaded"], first["failed"]) == (SYNC_FILES, 0)
+    assert (second["uploaded"], second["skipped"], second["files_hashed"]) == (0, SYNC_FILES, 0)
+    assert f"run 2 sent 0, read 0 files ({SYNC_FILES} hashes from the cache)" in proc.stdout
