@@ -55,7 +55,10 @@ def upload(args: argparse.Namespace, display: Display) -> dict[str, Any]:
     if not os.path.exists(local):
         raise CliError(f"{local}: no such file or directory")
     if os.path.isdir(local):
-        raise CliError(f"{local} is a directory: uploading a tree needs the sync engine (not available yet)")
+        from airflow_databricks_transfer.cli.sync import upload_tree
+
+        args.render = tree_render
+        return upload_tree(args, display)
     destination = volume_file_path(args.volume_path, local)
     size = os.path.getsize(local)
     sink, checkpoint = open_checkpoint(args, UploadCheckpoint, UPLOAD_KIND, local_key(local), destination)
@@ -201,13 +204,23 @@ def render_listing(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def tree_render(result: dict[str, Any]) -> str:
+    from airflow_databricks_transfer.cli.sync import render
+
+    return render(result)
+
+
 def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    from airflow_databricks_transfer.cli.sync import sync_flags
+
     p = sub.add_parser(
         "upload",
-        parents=parents,
+        parents=[*parents, sync_flags()],
         help="upload a file (resumable) or a tree into a Volume",
         description="Upload LOCAL to VOLUME_PATH. A file is uploaded in parallel parts and resumes when the "
-        "same command runs again after an interruption; a VOLUME_PATH ending in / means into that folder.",
+        "same command runs again after an interruption; a VOLUME_PATH ending in / means into that folder. "
+        "A directory is uploaded whole into the folder VOLUME_PATH through the sync engine (every file "
+        "sent, nothing deleted; the tree flags apply).",
     )
     p.add_argument("local", metavar="LOCAL")
     p.add_argument("volume_path", metavar="VOLUME_PATH")

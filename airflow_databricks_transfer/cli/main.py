@@ -17,7 +17,7 @@ from typing import Any
 
 from airflow_databricks_transfer import __version__
 from airflow_databricks_transfer.cli import args as cli_args
-from airflow_databricks_transfer.cli import azure, files, ingest, volumes
+from airflow_databricks_transfer.cli import azure, files, ingest, sync, volumes
 from airflow_databricks_transfer.cli.errors import CliError, UsageError
 from airflow_databricks_transfer.cli.progress import Display
 from airflow_databricks_transfer.clients.redact import RedactUrlQueries
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     db = cli_args.databricks_auth()
     transfer = cli_args.transfer()
     files.add_parsers(sub, [common, db, transfer])
+    sync.add_parser(sub, [common, db, transfer])
     files.add_list_parser(sub, [common, db])
     volumes.add_parser(sub, [common, db])
     azure.add_parsers(sub, common, db, transfer)

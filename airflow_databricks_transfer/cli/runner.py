@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
+from typing import Protocol
 
 from airflow_databricks_transfer.hooks._running import CancellableTransfers
 
@@ -30,8 +31,12 @@ class Runner(CancellableTransfers):
         return signals(self)
 
 
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
 @contextmanager
-def signals(transfers: CancellableTransfers) -> Iterator[None]:
+def signals(transfers: Cancellable) -> Iterator[None]:
     """SIGINT/SIGTERM cancel the running transfer (a second SIGINT raises KeyboardInterrupt)."""
     if threading.current_thread() is not threading.main_thread():
         yield

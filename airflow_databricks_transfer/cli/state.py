@@ -52,6 +52,27 @@ def open_checkpoint(
     return sink, checkpoint
 
 
+class LocalFileCheckpoints:
+    """Per-file upload checkpoints of a sync in the state dir (the sync engine's ``FileCheckpoints``):
+    keyed by the local file's absolute path and the target folder, so the same sync run again resumes
+    its half-sent large files."""
+
+    def __init__(self, args: argparse.Namespace, local_root: str, target: str) -> None:
+        self._dir = state_dir(args)
+        self._root = local_key(local_root)
+        self._target = target
+
+    def _sink(self, rel: str) -> FileCheckpointSink[UploadCheckpoint]:
+        key = transfer_key("files_api.upload", os.path.join(self._root, rel), f"{self._target}\n{rel}")
+        return FileCheckpointSink(self._dir / key, UploadCheckpoint, "files_api.upload")
+
+    def load(self, rel: str) -> tuple[UploadCheckpoint | None, str | None]:
+        return self._sink(rel).load_or_discard()
+
+    def sink(self, rel: str) -> FileCheckpointSink[UploadCheckpoint]:
+        return self._sink(rel)
+
+
 class IngestFileSink:
     """The ingest checkpoint (one small JSON value) in the state dir, written atomically."""
 
