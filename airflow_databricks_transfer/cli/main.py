@@ -54,6 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Deferred(logging.Handler):
+    """Holds warnings until the command's outcome is known."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+_DEFERRED = _Deferred()
+_DEFERRED.addFilter(RedactUrlQueries())
+
+
 def _configure_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -62,10 +77,12 @@ def _configure_logging(verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    # the one-line error says why a transfer failed; the engine's own warning would repeat it
-    logging.getLogger("airflow_databricks_transfer.engine").setLevel(
-        logging.NOTSET if verbose else logging.ERROR
-    )
+    if not verbose:
+        # the package's warnings (a checkpoint discarded, a remote file changed) are shown after a success;
+        # after a failure the one-line error says why, and a warning would only repeat it
+        package = logging.getLogger("airflow_databricks_transfer")
+        package.addHandler(_DEFERRED)
+        package.propagate = False
     if not verbose:
         # e.g. "Failed to automatically resolve config from host metadata": noise on every run
         logging.getLogger("databricks.sdk").setLevel(logging.ERROR)
@@ -100,6 +117,8 @@ def _render(result: dict[str, Any]) -> str:
     if "destination" in result and "bytes" in result:
         resumed = result.get("bytes_resumed") or 0
         extra = f", {resumed} bytes resumed" if resumed else ""
+        if result.get("restarted_reason"):
+            extra += f"; started clean: {result['restarted_reason']}"
         return (
             f"{result['source']} -> {result['destination']}: {result['bytes']} bytes in "
             f"{result.get('seconds', 0):.1f} s ({result.get('mib_per_s', 0):.1f} MiB/s{extra})"
@@ -128,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{PROG}: error: {_describe(err)}", file=sys.stderr)
         return 1
+    for message in _DEFERRED.messages:
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
     if args.json:
         json.dump(result, sys.stdout, default=str)
         sys.stdout.write("\n")

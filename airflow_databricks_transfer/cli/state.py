@@ -48,7 +48,7 @@ def open_checkpoint(
     if discarded:
         print(f"adt: ignoring the stored checkpoint ({discarded}); starting clean", file=sys.stderr)
     elif checkpoint is not None and not getattr(args, "json", False):
-        print(f"adt: resuming from the checkpoint in {sink.path}", file=sys.stderr)
+        print(f"adt: found a checkpoint to resume from: {sink.path}", file=sys.stderr)
     return sink, checkpoint
 
 

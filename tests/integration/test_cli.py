@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from airflow_databricks_transfer.engine.checkpoint import UploadCheckpoint
-from airflow_databricks_transfer.engine.localstate import FileCheckpointSink, transfer_key
 from tests.integration.cli_support import (
     TOKEN,
     VOLUME,
@@ -23,7 +18,7 @@ from tests.integration.cli_support import (
     run_cli,
     standalone_emulator,
 )
-from tests.integration.conftest import MiB, make_file, sha256_file
+from tests.integration.conftest import make_file
 
 pytestmark = pytest.mark.integration
 __all__ = ["standalone_emulator"]  # the module-scoped fixture
@@ -178,70 +173,3 @@ def test_conn_id_uses_an_airflow_connection(standalone_emulator: Emulator, tmp_p
     missing = run_cli(env, "list-remote", VOLUME, "--conn-id", "no_such_conn")
     assert missing.returncode == 1
     assert "'no_such_conn' is not defined" in error_line(missing)
-
-
-def test_interrupted_upload_resumes_when_run_again(
-    env: dict[str, str], standalone_emulator: Emulator, tmp_path: Path
-) -> None:
-    """SIGKILL mid-upload; the same command again sends only the parts the checkpoint lacks."""
-    src = make_file(tmp_path / "big.bin", 24 * MiB, seed=6)
-    dest = f"{VOLUME}/resume/big.bin"
-    state = tmp_path / "cli-state"
-    args = [
-        "upload",
-        str(src),
-        dest,
-        "--part-size",
-        "5MiB",
-        "--multipart-threshold",
-        "1MiB",
-        "--parallelism",
-        "1",
-        "--state-dir",
-        str(state),
-    ]
-    ckpt = FileCheckpointSink(
-        state / transfer_key("files_api.upload", str(src), dest), UploadCheckpoint, "files_api.upload"
-    )
-    start = standalone_emulator.last_seq()
-    proc = subprocess.Popen(
-        cli_command(*args, "--bandwidth-limit", "8MiB/s"),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            at_kill = ckpt.load() if ckpt.path.exists() else None
-            if at_kill is not None and len(at_kill.parts) >= 2:
-                break
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no checkpoint with two parts"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-    done_before = set(at_kill.parts)
-    assert ckpt.load() is not None and set(ckpt.load().parts) >= done_before  # type: ignore[union-attr]
-    killed_at = standalone_emulator.last_seq()
-    first_try = [r for r in standalone_emulator.requests(start) if r["route"] == "presigned.part"]
-    assert {r["part_number"] for r in first_try if r["status"] == 200} >= done_before
-
-    again = run_cli(env, *args, "--json")
-    assert again.returncode == 0, again.stderr
-    result = json.loads(again.stdout)
-    assert result["parts"] == 5
-    assert result["parts_resumed"] >= len(done_before)
-    sent_again = {
-        r["part_number"] for r in standalone_emulator.requests(killed_at) if r["route"] == "presigned.part"
-    }
-    assert sent_again and not (sent_again & done_before)
-    assert sent_again | done_before == set(range(1, 6))
-    assert not ckpt.path.exists()  # removed on success
-
-    stored = standalone_emulator.root / dest.lstrip("/")
-    assert sha256_file(stored) == sha256_file(src)
