@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -41,7 +41,7 @@ class BlobArg:
     container: str
     blob: str
     account_url: str | None = None
-    sas: str | None = None
+    sas: str | None = field(default=None, repr=False)
 
     @property
     def display(self) -> str:

@@ -88,20 +88,16 @@ class Display:
     # ------------------------------------------------------------------ subscribers
     def subscriber(self, label: str) -> Subscriber:
         """Progress events of one transfer (one file)."""
-        if not self.enabled:
-            return _ignore
-        if self._rich is None:
-            assert self._plain is not None
+        if self._plain is not None:
             return log_progress(self._plain)
-        return self._bar(label, keep=True)
+        return self._bar(label, keep=True) if self.tty else _ignore
 
     def tree(self, label: str) -> tuple[Subscriber, Callable[[str], list[Subscriber]]]:
         """(the overall subscriber, per-file subscribers) of a tree transfer such as a sync."""
-        if not self.enabled:
-            return _ignore, lambda rel: []
-        if self._rich is None:
-            assert self._plain is not None
+        if self._plain is not None:
             return log_progress(self._plain), lambda rel: []
+        if not self.tty:
+            return _ignore, lambda rel: []
         return self._bar(label, keep=True), lambda rel: [self._bar(rel, keep=False)]
 
     def _bar(self, label: str, *, keep: bool) -> Subscriber:

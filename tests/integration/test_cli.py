@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def test_upload_list_download_round_trip_with_json_and_progress(env: dict[str, s
     assert entries[dest]["last_modified"].startswith("20")
 
     out = tmp_path / "back.bin"
-    down = run_cli(env, "download", dest, str(out))
+    down = run_cli(env, "download", dest, str(out), "--verbose")
     assert down.returncode == 0, down.stderr
     assert out.read_bytes() == src.read_bytes()
     assert f"download {dest}: done" in down.stderr
@@ -57,6 +58,8 @@ def test_upload_list_download_round_trip_with_json_and_progress(env: dict[str, s
 
     for proc in (up, listing, down):
         assert TOKEN not in proc.stdout + proc.stderr
+        # --verbose logs the SDK's answers, which carry presigned URLs: never their query (the signature)
+        assert re.search(r"_presigned/\w+\?(?!<redacted>)", proc.stderr) is None
 
 
 def test_profile_from_a_config_file(standalone_emulator: Emulator, tmp_path: Path) -> None:
@@ -150,6 +153,8 @@ def test_without_conn_id_airflow_is_never_imported(env: dict[str, str], tmp_path
     probe = (
         "import sys\n"
         "from airflow_databricks_transfer.cli.main import main\n"
+        "import airflow_databricks_transfer.cli.azure_auth, airflow_databricks_transfer.cli.sync\n"
+        "import airflow_databricks_transfer.cli.ingest, airflow_databricks_transfer.cli.volumes\n"
         f"rc = main(['list-remote', {VOLUME!r}, '--json'])\n"
         "loaded = sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.'))\n"
         "print('AIRFLOW-MODULES', loaded, rc)\n"

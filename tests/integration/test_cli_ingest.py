@@ -65,3 +65,32 @@ def test_missing_table_and_bad_secret_fail_in_one_line(zerobus_emulator: Any, tm
     assert bad.returncode == 1
     assert error_line(bad).startswith("adt: error: authentication failed:"), bad.stderr
     assert "wrong-secret" not in bad.stdout + bad.stderr
+
+
+def test_a_failed_ingest_resumes_after_the_last_acknowledged_record(
+    zerobus_emulator: Any, tmp_path: Path
+) -> None:
+    """A fatal answer mid-file ends the run (exit 1) with its checkpoint in the state dir; the same command
+    again continues after the last acknowledged record instead of starting over."""
+    table = f"main.default.cli_{uuid.uuid4().hex[:8]}"
+    zerobus_emulator.create_table(table, "id BIGINT NOT NULL, body STRING")
+    src = tmp_path / "events.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "body": f"row {i}"}) + "\n" for i in range(100)))
+    env = _env(zerobus_emulator, tmp_path)
+    args = ["ingest", str(src), "--table", table, "--batch-records", "10", "--flush-every-batches", "1"]
+
+    zerobus_emulator.add_fault(route="zerobus.ingest", path=table, nth=6, grpc_code="INVALID_ARGUMENT")
+    failed = run_cli(env, *args)
+    zerobus_emulator.clear_faults()
+    assert failed.returncode == 1, failed.stderr
+    landed = {r["id"] for r in zerobus_emulator.read_table(table)}
+    assert landed and len(landed) < 100
+    assert list((tmp_path / "state").rglob("zerobus.ingest-*.json"))  # the checkpoint stays
+
+    again = run_cli(env, *args, "--json")
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert result["records_resumed"] >= 10 and result["records_sent"] <= 100 - result["records_resumed"]
+    rows = zerobus_emulator.read_table(table)
+    assert {r["id"] for r in rows} == set(range(100))
+    assert len(rows) - 100 <= 10  # at most the batch in flight when it failed comes twice

@@ -104,3 +104,38 @@ def test_upload_of_a_directory_sends_every_file_every_time(env: dict[str, str], 
         result = json.loads(proc.stdout)
         assert result["uploaded"] == 3
         assert {a["reason"] for a in result["actions"]} == {"forced"}
+
+
+def test_on_a_terminal_progress_is_drawn_as_bars(env: dict[str, str], tmp_path: Path) -> None:
+    """stderr a pseudo-terminal: rich bars (overall with the file count), not plain lines."""
+    import os
+    import pty
+    import subprocess
+
+    from tests.integration.cli_support import cli_command
+
+    tree = make_tree(tmp_path / "tree")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        cli_command("sync", str(tree), f"{VOLUME}/tty", "--exclude", "logs/*"),
+        env={**env, "COLUMNS": "160", "TERM": "xterm"},
+        stdout=subprocess.PIPE,
+        stderr=slave,
+    )
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    out, _ = proc.communicate(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0, drawn.decode(errors="replace")
+    text = drawn.decode(errors="replace")
+    assert f"sync to {VOLUME}/tty" in text and "3/3 files" in text and "100%" in text
+    assert ": done," not in text  # no plain progress lines on a terminal
+    assert out.decode().startswith(f"sync to {VOLUME}/tty: uploaded 3 files")
