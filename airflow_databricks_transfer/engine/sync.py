@@ -438,6 +438,10 @@ class VolumeSync:
         scan = scan_tree(self.local_root, opts.path_filter)
         listing = self.remote.list_files(self.target)
         manifest, fragments = self.load_manifest(listing)
+        reserved = [f for f in scan.files if f.rel == MANIFEST_NAME or f.rel.startswith(f"{FRAGMENTS_DIR}/")]
+        for f in reserved:  # only reachable with skip_hidden=False: never overwrite the bookkeeping
+            scan.refused.append(Skipped(f.rel, "name reserved for the sync's manifest"))
+        scan.files = [f for f in scan.files if f not in reserved]
         if self.only is not None:
             scan.files = [f for f in scan.files if f.rel in self.only]
         files = {f.rel: f for f in scan.files}
@@ -619,9 +623,12 @@ class VolumeSync:
             unit="file",
         )
         gate = _MemoryGate(opts.memory_limit_bytes)
-        # the longest uploads start first; small files fill the other slots (a file that does not fit
-        # the memory left waits, the next that fits goes ahead of it)
-        pending = sorted(uploads, key=lambda a: (-a.size, a.rel))
+        # The large (multipart) files start first, largest first, so the longest uploads do not end the
+        # run alone; small files fill the other slots (a file that does not fit the memory left waits,
+        # the next that fits goes ahead of it). Small files go in path order, so each manifest batch
+        # touches few folders: their modification times come from one listing per folder.
+        threshold = opts.upload.multipart_threshold_bytes
+        pending = sorted(uploads, key=lambda a: (0, -a.size, a.rel) if a.size >= threshold else (1, 0, a.rel))
         cond = threading.Condition()
         lock = threading.Lock()
 

@@ -17,6 +17,7 @@ Three concerns a one-way sync gets wrong easily, kept here together:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import sqlite3
@@ -40,6 +41,10 @@ TEMPORARY_PATTERNS: tuple[str, ...] = ("*.partial", "*.adt-partial", "*~", "#*#"
 RACY_WINDOW_NS = 20_000_000
 
 _READ_BYTES = 1024 * 1024
+#: seconds between "hashed X of Y" lines while a large tree is read
+HASH_PROGRESS_INTERVAL_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=512)
@@ -241,18 +246,34 @@ class HashCache:
     """SHA-256 per (root, rel) for a (size, mtime_ns, inode), in SQLite (safe across processes)."""
 
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
-        """``path`` None keeps the cache in memory (one run only)."""
-        target = ":memory:" if path is None else os.fspath(path)
-        if path is not None:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(target, check_same_thread=False, timeout=30.0)
+        """``path`` None keeps the cache in memory (one run only). A cache file that cannot be opened
+        (read-only or full disk, a corrupt file) is not fatal: the run hashes without it, and says so."""
         self._lock = threading.Lock()
-        with self._lock, self._db:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS hashes (root TEXT, rel TEXT, size INTEGER, mtime_ns INTEGER,"
-                " inode INTEGER, sha256 TEXT, hashed_ns INTEGER, PRIMARY KEY (root, rel))"
-            )
+        self.path = None if path is None else os.fspath(path)
+        try:
+            self._db = self._open(self.path)
+        except (OSError, sqlite3.Error) as err:
+            log.warning("Hash cache %s unusable (%s): hashing without a cache this run", self.path, err)
+            self.path = None
+            self._db = self._open(None)
+
+    @staticmethod
+    def _open(path: str | None) -> sqlite3.Connection:
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(":memory:" if path is None else path, check_same_thread=False, timeout=30.0)
+        try:
+            with db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS hashes (root TEXT, rel TEXT, size INTEGER, mtime_ns INTEGER,"
+                    " inode INTEGER, sha256 TEXT, hashed_ns INTEGER, PRIMARY KEY (root, rel))"
+                )
+                db.execute("SELECT count(*) FROM hashes").fetchone()
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
 
     def lookup(self, root: str, files: Sequence[LocalFile]) -> dict[str, str]:
         """{rel: sha256} of the files whose cached entry matches their stat and is not racy."""
@@ -276,8 +297,11 @@ class HashCache:
         rows = [(root, f.rel, f.size, f.mtime_ns, f.inode, sha, at) for f, sha, at in entries]
         if not rows:
             return
-        with self._lock, self._db:
-            self._db.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        try:
+            with self._lock, self._db:
+                self._db.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        except sqlite3.Error as err:  # a full disk: the next run hashes these again, nothing worse
+            log.warning("Could not update the hash cache %s (%s)", self.path, err)
 
     def close(self) -> None:
         with self._lock:
@@ -317,10 +341,24 @@ class TreeHasher:
         if not todo:
             return known
         fresh: list[tuple[LocalFile, str, int]] = []
+        total = sum(f.size for f in todo)
+        started = last = time.monotonic()
         with ThreadPoolExecutor(max_workers=max(1, min(self.threads, len(todo)))) as pool:
-            for item in pool.map(self._hash_one, todo):
+            for i, item in enumerate(pool.map(self._hash_one, todo), 1):
                 if item is not None:
                     fresh.append(item)
+                now = time.monotonic()
+                if now - last >= HASH_PROGRESS_INTERVAL_S:
+                    last = now
+                    done = self.stats.bytes_hashed
+                    log.info(
+                        "Hashed %d of %d files (%.1f of %.1f MiB, %.0f MiB/s)",
+                        i,
+                        len(todo),
+                        done / 1048576,
+                        total / 1048576,
+                        done / 1048576 / (now - started),
+                    )
         for f, sha, at in fresh:
             known[f.rel] = sha
             if at - f.mtime_ns < RACY_WINDOW_NS:

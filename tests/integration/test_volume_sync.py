@@ -395,3 +395,16 @@ def test_large_and_small_files_share_one_memory_bound(
     assert remote_bytes(emu, "big.bin") == big
     parts = [r for r in emu.requests() if r.route == "presigned.part"]
     assert len(parts) == 3  # multipart, with at most 2 part workers (2 x 5 MiB fit the 10 MiB bound)
+
+
+def test_a_local_file_named_like_the_manifest_is_refused(
+    emu: FilesApiEmulator, tree_api: FilesApiVolumeTree, tmp_path: Path
+) -> None:
+    root = tmp_path / "src"
+    make_tree(root)
+    write(root, MANIFEST_NAME, b'{"forged": true}')
+    write(root, f"{FRAGMENTS_DIR}/x.json", b"{}")
+    result = sync(tree_api, root, HashCache(None), skip_hidden=False).run()
+    assert sorted(s.rel for s in result.refused) == [f"{FRAGMENTS_DIR}/x.json", MANIFEST_NAME]
+    assert result.uploaded == 4
+    assert json.loads(remote_bytes(emu, MANIFEST_NAME))["kind"] == "volume_sync.manifest"
