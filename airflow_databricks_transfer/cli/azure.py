@@ -97,6 +97,27 @@ def _uri(transfers: AzureBlobTransfers, blob: BlobArg) -> str:
     return transfers.client.uri(BlobRef(blob.container, blob.blob))
 
 
+def _blob_size(transfers: AzureBlobTransfers, blob: BlobArg) -> int:
+    from airflow_databricks_transfer.clients.azure_blob import BlobRef
+    from airflow_databricks_transfer.engine.errors import RemoteNotFoundError
+
+    remote = transfers.client.stat(BlobRef(blob.container, blob.blob))
+    if remote is None:
+        raise RemoteNotFoundError(f"{blob.display} does not exist")
+    return remote.size
+
+
+def _dry_run(source: str, destination: str, nbytes: int, checkpoint: object) -> dict[str, Any]:
+    """What ``--dry-run`` reports: nothing is transferred."""
+    return {
+        "dry_run": True,
+        "source": source,
+        "destination": destination,
+        "bytes": nbytes,
+        "would_resume": checkpoint is not None,
+    }
+
+
 def _local_target(local: str, name: str) -> str:
     target = os.path.join(local, name.rsplit("/", 1)[-1]) if os.path.isdir(local) else local
     parent = os.path.dirname(os.path.abspath(target))
@@ -111,6 +132,8 @@ def azure_download(args: argparse.Namespace, display: Display) -> dict[str, Any]
     transfers = azure_transfers(args, blob)
     uri = _uri(transfers, blob)
     sink, checkpoint = open_checkpoint(args, DownloadCheckpoint, "azure_blob.download", uri, local_key(local))
+    if args.dry_run:
+        return _dry_run(blob.display, local, _blob_size(transfers, blob), checkpoint)
     options = DownloadOptions(
         parallelism=args.parallelism,
         overwrite=not args.no_overwrite,
@@ -146,6 +169,8 @@ def azure_upload(args: argparse.Namespace, display: Display) -> dict[str, Any]:
     sink, checkpoint = open_checkpoint(
         args, UploadCheckpoint, "azure_blob.upload", local_key(args.local), uri
     )
+    if args.dry_run:
+        return _dry_run(args.local, blob.display, os.path.getsize(args.local), checkpoint)
     with signals(transfers), display:
         result = transfers.upload_file(
             args.local,
@@ -166,6 +191,8 @@ def blob_to_volume(args: argparse.Namespace, display: Display) -> dict[str, Any]
     files = _databricks_files(args)
     uri = _uri(transfers, blob)
     sink, checkpoint = open_checkpoint(args, UploadCheckpoint, "azure_blob.to_volume", uri, args.volume_path)
+    if args.dry_run:
+        return _dry_run(blob.display, args.volume_path, _blob_size(transfers, blob), checkpoint)
     # multipart from the first byte: a single shot would hold the whole blob in memory
     options = _block_options(args, display, 1)
     with signals(transfers), display:
@@ -191,6 +218,13 @@ def volume_to_blob(args: argparse.Namespace, display: Display) -> dict[str, Any]
     files = _databricks_files(args)
     uri = _uri(transfers, blob)
     sink, checkpoint = open_checkpoint(args, UploadCheckpoint, "volume.to_azure_blob", args.volume_path, uri)
+    if args.dry_run:
+        from airflow_databricks_transfer.engine.errors import RemoteNotFoundError
+
+        remote = files.stat(args.volume_path)
+        if remote is None:
+            raise RemoteNotFoundError(f"{args.volume_path} does not exist")
+        return _dry_run(args.volume_path, blob.display, remote.size, checkpoint)
     with signals(transfers), display:
         try:
             result = transfers.volume_to_blob(

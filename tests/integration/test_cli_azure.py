@@ -81,9 +81,23 @@ def test_blob_round_trip_and_copies_through_a_volume(
         assert TOKEN not in proc.stdout + proc.stderr
 
 
-def test_missing_blob_and_missing_account_fail_in_one_line(azurite: Azurite, tmp_path: Path) -> None:
+def test_dry_run_sends_nothing_and_failures_are_one_line(azurite: Azurite, tmp_path: Path) -> None:
     env = base_env(tmp_path, AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string())
-    missing = run_cli(env, "azure-download", "no-such-container/x.bin", str(tmp_path / "x.bin"))
+    src = make_file(tmp_path / "d.bin", 1000, seed=12)
+    dry = run_cli(
+        env, "azure-upload", str(src), "dry-container/d.bin", "--create-container", "--dry-run", "--json"
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout) | {"source": None} == {
+        "dry_run": True,
+        "source": None,
+        "destination": "dry-container/d.bin",
+        "bytes": 1000,
+        "would_resume": False,
+    }
+
+    # the dry run made no container: the blob is not found, said in one line
+    missing = run_cli(env, "azure-download", "dry-container/d.bin", str(tmp_path / "x.bin"))
     assert missing.returncode == 1
     assert error_line(missing).startswith("adt: error: not found:"), missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr
