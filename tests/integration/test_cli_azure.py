@@ -71,12 +71,21 @@ def test_blob_round_trip_and_copies_through_a_volume(
     assert to_blob.returncode == 0, to_blob.stderr
     assert json.loads(to_blob.stdout)["bytes"] == src.stat().st_size
 
+    # a wasb Airflow connection instead of the environment (this one imports Airflow)
+    wasb = json.dumps({"conn_type": "wasb", "extra": {"connection_string": azurite.connection_string()}})
+    conn_env = base_env(tmp_path, AIRFLOW_CONN_CLI_WASB=wasb, AIRFLOW_HOME=str(tmp_path / "airflow"))
+    via_conn = run_cli(
+        conn_env, "azure-download", f"{container}/out/copy.bin", str(tmp_path), "--conn-id", "cli_wasb"
+    )
+    assert via_conn.returncode == 0, via_conn.stderr
+    assert (tmp_path / "copy.bin").read_bytes() == src.read_bytes()
+
     from azure.storage.blob import BlobServiceClient
 
     service = BlobServiceClient.from_connection_string(azurite.connection_string())
     copied = service.get_blob_client(container, "out/copy.bin").download_blob().readall()
     assert copied == src.read_bytes()
-    for proc in (up, down, to_volume, to_blob):
+    for proc in (up, down, to_volume, to_blob, via_conn):
         assert azurite.account_key not in proc.stdout + proc.stderr
         assert TOKEN not in proc.stdout + proc.stderr
 
