@@ -21,13 +21,14 @@ from airflow_databricks_transfer.engine.planning import DEFAULT_MULTIPART_THRESH
 from airflow_databricks_transfer.engine.upload import UploadOptions
 
 if TYPE_CHECKING:
+    from airflow_databricks_transfer.cli.auth import Databricks
     from airflow_databricks_transfer.clients.files_api import FileInfo, FilesApiClient
 
 UPLOAD_KIND = "files_api.upload"
 DOWNLOAD_KIND = "files_api.download"
 
 
-def _databricks(args: argparse.Namespace) -> Any:
+def _databricks(args: argparse.Namespace) -> Databricks:
     # the Databricks SDK takes seconds to import: only verbs that talk to a workspace load it
     from airflow_databricks_transfer.cli import auth
 
@@ -62,8 +63,8 @@ def upload(args: argparse.Namespace, display: Display) -> dict[str, Any]:
     destination = volume_file_path(args.volume_path, local)
     size = os.path.getsize(local)
     sink, checkpoint = open_checkpoint(args, UploadCheckpoint, UPLOAD_KIND, local_key(local), destination)
+    db = _databricks(args)
     if args.dry_run:
-        db = _databricks(args)
         remote = db.files.stat(destination)
         return {
             "dry_run": True,
@@ -73,7 +74,6 @@ def upload(args: argparse.Namespace, display: Display) -> dict[str, Any]:
             "destination_exists": remote is not None,
             "would_resume": checkpoint is not None,
         }
-    db = _databricks(args)
     runner = Runner()
     with runner.signals(), display:
         try:
