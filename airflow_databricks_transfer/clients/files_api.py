@@ -25,6 +25,7 @@ from databricks.sdk.errors import platform as sdk_errors
 from databricks.sdk.errors.base import DatabricksError
 
 from airflow_databricks_transfer.clients.http import HttpPool, Response
+from airflow_databricks_transfer.clients.redact import RedactUrlQueries
 from airflow_databricks_transfer.engine.checkpoint import RemoteVersion
 from airflow_databricks_transfer.engine.clock import ServerClock
 from airflow_databricks_transfer.engine.clock import http_date as _http_date
@@ -48,21 +49,6 @@ from airflow_databricks_transfer.engine.retry import Cancelled, RetryPolicy, cal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_URL_QUERY = re.compile(r"(https?://[^\s\"'?<>]+)\?[^\s\"'<>]*")
-
-
-class RedactUrlQueries(logging.Filter):
-    """databricks-sdk's DEBUG request dumps include response bodies that carry presigned URLs (their
-    query strings are bearer credentials). Strip every URL query from what that logger emits."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = _URL_QUERY.sub(r"\1?<redacted>", message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        return True
-
 
 _sdk_logger = logging.getLogger("databricks.sdk")
 if not any(isinstance(f, RedactUrlQueries) for f in _sdk_logger.filters):
@@ -297,6 +283,20 @@ def _file_info(entry: Mapping[str, Any]) -> FileInfo:
 
 class FilesApiClient:
     """One workspace; hands out upload targets and download sources for paths in it."""
+
+    @classmethod
+    def for_workspace(
+        cls, workspace: WorkspaceClient, *, use_presigned: bool = True, retry: RetryPolicy | None = None
+    ) -> FilesApiClient:
+        """A client whose data path shares the workspace config's ``http_timeout_seconds`` (as no
+        progress for that long): what the Airflow hook and the command line both build."""
+        timeout = getattr(workspace.config, "http_timeout_seconds", None)
+        return cls(
+            workspace,
+            http=HttpPool(timeout_s=float(timeout)) if timeout else None,
+            use_presigned=use_presigned,
+            retry=retry,
+        )
 
     def __init__(
         self,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -23,21 +22,12 @@ from airflow_databricks_transfer.azure_connection import (
     client_spec,
     hook_field_behaviour,
 )
-from airflow_databricks_transfer.clients.azure_blob import (
-    DEFAULT_BLOCK_BYTES,
-    AzureBlobClient,
-    BlobRef,
-    chunk_size_for,
-    translate,
-)
-from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
-from airflow_databricks_transfer.engine.download import DownloadOptions, DownloadResult
-from airflow_databricks_transfer.engine.planning import AZURE_BLOCKS, MiB
-from airflow_databricks_transfer.engine.ports import DownloadCheckpointSink, UploadCheckpointSink
+from airflow_databricks_transfer.clients.azure_blob import AzureBlobClient
+from airflow_databricks_transfer.engine.checkpoint import UploadCheckpoint
+from airflow_databricks_transfer.engine.ports import UploadCheckpointSink
 from airflow_databricks_transfer.engine.progress import Subscriber
-from airflow_databricks_transfer.engine.sources import RemoteRangeSource
 from airflow_databricks_transfer.engine.upload import UploadOptions, UploadResult
-from airflow_databricks_transfer.hooks._running import CancellableTransfers
+from airflow_databricks_transfer.hooks._azure_transfers import AzureBlobTransfers
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
 
 if TYPE_CHECKING:
@@ -53,7 +43,7 @@ def _quiet_azure_http_log() -> None:
         logger.setLevel(logging.WARNING)
 
 
-class AzureBlobTransferHook(CancellableTransfers, BaseHook):
+class AzureBlobTransferHook(AzureBlobTransfers, BaseHook):
     """Azure Blob Storage transfers over a ``wasb`` connection.
 
     :param wasb_conn_id: the Airflow connection (type ``wasb``).
@@ -127,69 +117,7 @@ class AzureBlobTransferHook(CancellableTransfers, BaseHook):
         return AzureBlobClient(self.blob_service_client)
 
     # ------------------------------------------------------------------ transfers
-    def download_file(
-        self,
-        container: str,
-        blob: str,
-        local_path: str,
-        *,
-        chunk_size_bytes: int | None = None,
-        options: DownloadOptions | None = None,
-        checkpoint: DownloadCheckpoint | None = None,
-        sink: DownloadCheckpointSink | None = None,
-        subscribers: list[Subscriber] | None = None,
-    ) -> DownloadResult:
-        """Parallel ranged download pinned to the blob's ETag into a partial file beside ``local_path``;
-        verified (size, Content-MD5 when the blob has one, ``options.verifiers``), then renamed.
-
-        ``chunk_size_bytes`` None picks the range size from the blob's size (``chunk_size_for``); a
-        checkpoint keeps the size it was written with.
-        """
-        source = self.client.download_source(BlobRef(container, blob))
-        opts = options or DownloadOptions()
-        if checkpoint is not None:
-            chunk = checkpoint.chunk_size
-        elif chunk_size_bytes is not None:
-            chunk = chunk_size_bytes
-        else:
-            chunk = chunk_size_for(source.stat().size)
-        return self.run_download(
-            source,
-            local_path,
-            replace(opts, chunk_size_bytes=chunk),
-            kind="azure_blob.download",
-            checkpoint=checkpoint,
-            sink=sink,
-            subscribers=subscribers,
-        )
-
-    def upload_file(
-        self,
-        local_path: str,
-        container: str,
-        blob: str,
-        *,
-        options: UploadOptions | None = None,
-        checkpoint: UploadCheckpoint | None = None,
-        sink: UploadCheckpointSink | None = None,
-        subscribers: list[Subscriber] | None = None,
-        create_container: bool = False,
-    ) -> UploadResult:
-        """Staged blocks (parallel, each with Content-MD5) and one block list with the file's MD5; a
-        retry with ``checkpoint`` asks the service for its staged blocks and sends only the others."""
-        if create_container:
-            self._ensure_container(container)
-        opts = _for_blocks(options)
-        return self.run_upload(
-            self.client.upload_target(BlobRef(container, blob), overwrite=opts.overwrite),
-            local_path,
-            opts,
-            kind="azure_blob.upload",
-            checkpoint=checkpoint,
-            sink=sink,
-            subscribers=subscribers,
-        )
-
+    # download_file, upload_file: AzureBlobTransfers (shared with the command line)
     def copy_blob_to_volume(
         self,
         container: str,
@@ -203,13 +131,12 @@ class AzureBlobTransferHook(CancellableTransfers, BaseHook):
         subscribers: list[Subscriber] | None = None,
     ) -> UploadResult:
         """Blob -> Volume with no local copy: ranges pinned to the blob's ETag become multipart parts."""
-        source = RemoteRangeSource(self.client.download_source(BlobRef(container, blob)))
-        return self.run_upload(
-            files_hook.client.upload_target(volume_path),
-            source,
-            # multipart from the first byte: a single shot would hold the whole blob in memory
-            options or UploadOptions(multipart_threshold_bytes=1),
-            kind="azure_blob.to_volume",
+        return self.blob_to_volume(
+            container,
+            blob,
+            files_hook.client,
+            volume_path,
+            options=options,
             checkpoint=checkpoint,
             sink=sink,
             subscribers=subscribers,
@@ -228,27 +155,16 @@ class AzureBlobTransferHook(CancellableTransfers, BaseHook):
         subscribers: list[Subscriber] | None = None,
     ) -> UploadResult:
         """Volume -> Blob with no local copy: ranges of the Volume file become staged blocks."""
-        source = RemoteRangeSource(files_hook.client.download_source(volume_path))
-        opts = _for_blocks(options, threshold=1)
-        return self.run_upload(
-            self.client.upload_target(BlobRef(container, blob), overwrite=opts.overwrite),
-            source,
-            opts,
-            kind="volume.to_azure_blob",
+        return self.volume_to_blob(
+            files_hook.client,
+            volume_path,
+            container,
+            blob,
+            options=options,
             checkpoint=checkpoint,
             sink=sink,
             subscribers=subscribers,
         )
-
-    def _ensure_container(self, container: str) -> None:
-        from azure.core.exceptions import ResourceExistsError  # noqa: PLC0415 - SDK loaded on use
-
-        try:
-            self.container_client(container).create_container()
-        except ResourceExistsError:
-            pass
-        except Exception as err:
-            raise translate(err, f"create container {container}") from err
 
     def test_connection(self) -> tuple[bool, str]:
         """For the UI's Test button when this package provides the ``wasb`` form."""
@@ -257,13 +173,6 @@ class AzureBlobTransferHook(CancellableTransfers, BaseHook):
         except Exception as err:  # noqa: BLE001 - the UI shows the reason
             return False, str(err).splitlines()[0] if str(err) else type(err).__name__
         return True, "Connected: the account listed its containers"
-
-
-def _for_blocks(options: UploadOptions | None, threshold: int = 16 * MiB) -> UploadOptions:
-    """Block limits (50,000 blocks) and an 8 MiB default block, unless the caller chose a size."""
-    opts = options or UploadOptions(multipart_threshold_bytes=threshold)
-    part = opts.part_size_bytes or DEFAULT_BLOCK_BYTES
-    return replace(opts, limits=AZURE_BLOCKS, part_size_bytes=part)
 
 
 def _public_url(url: str) -> str:

@@ -18,7 +18,6 @@ from databricks.sdk.core import Config
 
 from airflow_databricks_transfer import lineage
 from airflow_databricks_transfer.clients.files_api import FileInfo, FilesApiClient
-from airflow_databricks_transfer.clients.http import HttpPool
 from airflow_databricks_transfer.connection import config_kwargs, hook_field_behaviour
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
 from airflow_databricks_transfer.engine.download import DownloadOptions, DownloadResult
@@ -67,14 +66,9 @@ class DatabricksFilesHook(CancellableTransfers, BaseHook):
 
     @cached_property
     def client(self) -> FilesApiClient:
-        workspace = self.workspace_client
         # the connection's http_timeout_seconds also bounds the data path (as no progress for that long)
-        timeout = getattr(workspace.config, "http_timeout_seconds", None)
-        return FilesApiClient(
-            workspace,
-            http=HttpPool(timeout_s=float(timeout)) if timeout else None,
-            use_presigned=self.use_presigned_urls,
-            retry=self.metadata_retry,
+        return FilesApiClient.for_workspace(
+            self.workspace_client, use_presigned=self.use_presigned_urls, retry=self.metadata_retry
         )
 
     def test_connection(self) -> tuple[bool, str]:

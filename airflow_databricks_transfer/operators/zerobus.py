@@ -28,14 +28,9 @@ from airflow_databricks_transfer.checkpoints import TaskCheckpointStore
 from airflow_databricks_transfer.clients.zerobus import RecordType, StreamOptions, proto_converter
 from airflow_databricks_transfer.engine.checkpoint import SourceIdentity
 from airflow_databricks_transfer.engine.errors import FatalError, RemoteNotFoundError
-from airflow_databricks_transfer.engine.ingest import (
-    EXTENSIONS,
-    IngestOptions,
-    RecordReader,
-    RecordsReader,
-    reader_for,
-)
+from airflow_databricks_transfer.engine.ingest import IngestOptions, RecordReader, RecordsReader
 from airflow_databricks_transfer.engine.retry import RetryPolicy
+from airflow_databricks_transfer.hooks._zerobus_ingest import file_reader, format_of
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
 from airflow_databricks_transfer.hooks.zerobus import ZerobusHook
 from airflow_databricks_transfer.operators._common import as_int, fail_fast, opt_float, opt_int, opt_str
@@ -311,20 +306,19 @@ class ZerobusIngestOperator(BaseOperator):
                 return self._file_reader(path, fmt), None, None
             local, source, work = self._fetch_volume_file(context, path)
             # messages and dead letters name the Volume file, not its temp copy
-            return self._file_reader(str(local), fmt or _format_of(path), uri=path), source, work
+            return self._file_reader(str(local), fmt or format_of(path), uri=path), source, work
         except ValueError as err:  # an unknown format or CSV type: no retry can fix it
             raise AirflowFailException(str(err)) from err
 
     def _file_reader(self, path: str, fmt: str | None, uri: str | None = None) -> RecordReader:
-        if (fmt or _format_of(path)) == "csv":
-            options: dict[str, Any] = {"types": self.csv_types}
-            if opt_str(self.csv_delimiter) is not None:
-                options["delimiter"] = str(self.csv_delimiter)
-            return reader_for(path, "csv", uri=uri, **options)
-        if (fmt or _format_of(path)) == "jsonl" and self._sends_lines_as_text():
-            # the SDK gets each line's own text, not json.dumps of a dict (0.64x -> 0.91x the SDK's rate)
-            return reader_for(path, "jsonl", uri=uri, as_text=True)
-        return reader_for(path, fmt, uri=uri)
+        return file_reader(
+            path,
+            fmt,
+            uri=uri,
+            csv_delimiter=opt_str(self.csv_delimiter),
+            csv_types=self.csv_types,
+            lines_as_text=self._sends_lines_as_text(),
+        )
 
     def _sends_lines_as_text(self) -> bool:
         """A JSON stream without a dedupe key sends JSON Lines as they are (a dedupe key adds a field)."""
@@ -372,10 +366,6 @@ class ZerobusIngestOperator(BaseOperator):
             marker.write_text(json.dumps(stamp))
         source = SourceIdentity(volume_path, size, None, f"version:{version}" if version else None)
         return local, source, work
-
-
-def _format_of(path: str) -> str | None:
-    return EXTENSIONS.get(os.path.splitext(path)[1].lower())
 
 
 def task_work_dir(context: Context, key: str) -> Path:
