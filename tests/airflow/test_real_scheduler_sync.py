@@ -98,22 +98,15 @@ def test_killed_sync_resumes_on_retry_sending_only_what_was_not_recorded(
     conf = {"local_dir": str(tmp_path / "tree"), "volume_path": target, "bandwidth_mib_s": BANDWIDTH_MIB_S}
     run_id = stack.trigger(DAG_ID, conf)
 
-    def small_put(rel: str) -> bool:
-        return any(r.path == f"{target}/{rel}" and 200 <= r.status < 300 for r in emu.requests("files.put"))
-
     def ready_to_kill() -> tuple[dict[str, Any], UploadCheckpoint] | None:
-        """The request log shows every small file sent and a part of the large one accepted, the
-        manifest records every small file, and the large file's checkpoint holds some parts, not all."""
-        accepted = {
-            r.part_number for r in emu.requests("presigned.part") if r.path == big_dest and r.status < 300
-        }
-        if not accepted or not all(small_put(rel) for rel in small):
-            return None
+        """Every small file is recorded in the Volume's manifest, and the large file's checkpoint holds
+        some of its parts, not all. (Polled through the manifest and the task state store: a read of the
+        emulator's request log waits for requests in flight, and paced part PUTs always are.)"""
         manifest = manifest_files(emu, target)
+        if not set(small) <= set(manifest):
+            return None
         cp = big_checkpoint(stack, run_id)
-        if set(small) <= set(manifest) and cp is not None and 0 < len(cp.parts) < cp.part_count:
-            return manifest, cp
-        return None
+        return (manifest, cp) if cp is not None and 0 < len(cp.parts) < cp.part_count else None
 
     manifest_at_kill, at_kill = wait_for(ready_to_kill, 120, "small files recorded, the large one part-way")
     assert at_kill.part_count == SIZE // PART and BIG not in manifest_at_kill
@@ -136,8 +129,9 @@ def test_killed_sync_resumes_on_retry_sending_only_what_was_not_recorded(
     accepted = sorted(r.path for r in puts if 200 <= r.status < 300)
     assert accepted == [f"{target}/{rel}" for rel in small]
 
-    # the large file: try 2 sent exactly the parts missing from the checkpoint it resumed
-    assert result["bytes_resumed"] % PART == 0 and result["bytes_resumed"] >= len(at_kill.parts) * PART
+    # the large file: the kill landed part-way (try 2 resumed some parts and sent the others), and try 2
+    # sent exactly the parts missing from the checkpoint it resumed
+    assert len(at_kill.parts) * PART <= result["bytes_resumed"] < SIZE and result["bytes_resumed"] % PART == 0
     resumed = {"parts_resumed": result["bytes_resumed"] // PART}
     check_only_unfinished_parts_resent(emu, big_dest, tries, at_kill, resumed, parallelism=PARALLELISM)
 
