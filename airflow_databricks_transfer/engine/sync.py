@@ -203,6 +203,8 @@ class SyncOptions:
             raise ValueError("naming must be 'mirror' or 'content'")
         if self.memory_limit_bytes < 1024 * 1024:
             raise ValueError("memory_limit_bytes must be at least 1 MiB")
+        if self.manifest_every_files < 1 or self.manifest_every_s < 0:
+            raise ValueError("manifest_every_files must be >= 1 and manifest_every_s >= 0")
         self.path_filter  # noqa: B018 - checks the patterns now, not at the first file
 
     @property

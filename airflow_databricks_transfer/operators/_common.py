@@ -46,6 +46,13 @@ def as_int(value: Any, name: str) -> int:
         raise AirflowFailException(f"{name} must be a number, got {value!r}") from None
 
 
+def as_float(value: Any, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise AirflowFailException(f"{name} must be a number, got {value!r}") from None
+
+
 def opt_int(value: Any, name: str) -> int | None:
     if value in (None, "", "None"):
         return None

@@ -36,6 +36,7 @@ from airflow_databricks_transfer.engine.upload import UploadOptions
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
 from airflow_databricks_transfer.operators._common import (
     as_bool,
+    as_float,
     as_int,
     as_patterns,
     fail_fast,
@@ -71,6 +72,13 @@ class DatabricksVolumeSyncOperator(BaseOperator):
     :param skip_temporary: leave out partial and editor temp files (default True).
     :param fail_on_error: fail the task at the end when any file failed (default True; the others land
         and are recorded, so the retry sends only the failed ones).
+    :param manifest_every_files: rewrite the manifest in the Volume after this many finished files
+        (default 1000) or ``manifest_every_s`` seconds (default 30), whichever comes first (templated).
+        What a killed try finished but had not yet recorded is sent again by the retry; smaller values
+        shrink that window at the cost of one manifest PUT (and one folder listing) per batch.
+    :param manifest_every_s: see ``manifest_every_files`` (templated).
+    :param bandwidth_limit_bytes_per_s: pace each file's upload to this rate (templated; 0 or empty:
+        no limit).
     :param hash_cache_path: the worker's SQLite hash cache (default: the state folder of this package,
         ``$XDG_STATE_HOME/airflow-databricks-transfer/sync-hash-cache.sqlite``).
     :param files: sync only these relative paths (a mapped batch from
@@ -89,6 +97,9 @@ class DatabricksVolumeSyncOperator(BaseOperator):
         "delete_removed",
         "concurrency",
         "parallelism",
+        "manifest_every_files",
+        "manifest_every_s",
+        "bandwidth_limit_bytes_per_s",
         "files",
         "databricks_conn_id",
     )
@@ -113,6 +124,8 @@ class DatabricksVolumeSyncOperator(BaseOperator):
         skip_hidden: bool = True,
         skip_temporary: bool = True,
         fail_on_error: bool = True,
+        manifest_every_files: int | str = 1000,
+        manifest_every_s: float | str = 30.0,
         hash_cache_path: str | None = None,
         files: Sequence[str] | str | None = None,
         databricks_conn_id: str = DatabricksFilesHook.default_conn_name,
@@ -120,7 +133,7 @@ class DatabricksVolumeSyncOperator(BaseOperator):
         progress_interval_s: float = 30.0,
         checkpoint_key: str = "checkpoint",
         transfer_retry: RetryPolicy | None = None,
-        bandwidth_limit_bytes_per_s: float | None = None,
+        bandwidth_limit_bytes_per_s: float | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -141,6 +154,8 @@ class DatabricksVolumeSyncOperator(BaseOperator):
         self.skip_hidden = skip_hidden
         self.skip_temporary = skip_temporary
         self.fail_on_error = fail_on_error
+        self.manifest_every_files = manifest_every_files
+        self.manifest_every_s = manifest_every_s
         self.hash_cache_path = hash_cache_path
         self.files = files
         self.databricks_conn_id = databricks_conn_id
@@ -177,6 +192,8 @@ class DatabricksVolumeSyncOperator(BaseOperator):
                 concurrency=as_int(self.concurrency, "concurrency"),
                 memory_limit_bytes=self.memory_limit_bytes,
                 progress_interval_s=self.progress_interval_s,
+                manifest_every_files=as_int(self.manifest_every_files, "manifest_every_files"),
+                manifest_every_s=as_float(self.manifest_every_s, "manifest_every_s"),
                 upload=UploadOptions(
                     part_size_bytes=self.part_size_bytes,
                     parallelism=as_int(self.parallelism, "parallelism"),

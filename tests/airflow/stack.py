@@ -15,13 +15,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import pytest
 import requests
+
+if TYPE_CHECKING:
+    from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +48,17 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
                 return last
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def databricks_connection_env(emu: FilesApiEmulator) -> dict[str, str]:
+    """``databricks_default`` pointing at the Files API emulator, for the stack's environment."""
+    conn = {
+        "conn_type": "databricks",
+        "host": emu.url,
+        "password": emu.token,
+        "extra": {"retry_timeout_seconds": 30},
+    }
+    return {"AIRFLOW_CONN_DATABRICKS_DEFAULT": json.dumps(conn)}
 
 
 @dataclass
@@ -151,6 +167,12 @@ class AirflowStack:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+    def kill_task(self, dag_id: str, run_id: str, task_id: str) -> int:
+        """SIGKILL the running try's task process (its supervisor lives on and reports it failed)."""
+        pid = int(self.task_instance(dag_id, run_id, task_id)["pid"])
+        os.kill(pid, signal.SIGKILL)
+        return pid
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -271,3 +293,64 @@ class AirflowStack:
             if path.is_file():
                 chunks.append(path.read_text(errors="replace"))
         return "\n".join(chunks)
+
+
+# ---------------------------------------------------------------- CeleryExecutor on PostgreSQL and Redis
+PG_HOSTPORT = "127.0.0.1:5432"
+REDIS_HOSTPORT = "127.0.0.1:6379"
+
+
+def _services_or_skip() -> None:
+    """PostgreSQL and Redis of this machine (started before every session and CI run)."""
+    import psycopg2
+    import redis
+
+    try:
+        psycopg2.connect(
+            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3
+        ).close()
+        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=3).ping()
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(f"the CeleryExecutor test needs PostgreSQL on {PG_HOSTPORT} and Redis on :6379 ({err})")
+
+
+@contextlib.contextmanager
+def celery_stack(
+    home: Path,
+    dags_folder: Path,
+    env_extra: Mapping[str, str],
+    *,
+    workers: tuple[str, ...] = ("w1", "w2"),
+    redis_db: int = 7,
+) -> Iterator[AirflowStack]:
+    """A started CeleryExecutor stack on a fresh PostgreSQL database (dropped afterwards) and a flushed
+    Redis database, with one-slot workers named ``workers``."""
+    import psycopg2
+    import redis
+
+    _services_or_skip()
+    db = f"adt_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {db}")
+    redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()
+    env = {
+        **env_extra,
+        "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS_HOSTPORT}/{redis_db}",
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://postgres@{PG_HOSTPORT}/{db}",
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+    }
+    stack = AirflowStack(
+        home,
+        dags_folder,
+        env,
+        executor="CeleryExecutor",
+        sql_alchemy_conn=f"postgresql+psycopg2://postgres@{PG_HOSTPORT}/{db}",
+        celery_workers=workers,
+    )
+    try:
+        with stack:
+            yield stack
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        admin.close()

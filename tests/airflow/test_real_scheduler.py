@@ -8,7 +8,6 @@ public REST API (task state store), exactly as an operator of the platform would
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import uuid
@@ -21,7 +20,7 @@ import pytest
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
 from tests.airflow.resume_accounting import check_only_unfinished_parts_resent
-from tests.airflow.stack import REPO, AirflowStack, wait_for
+from tests.airflow.stack import REPO, AirflowStack, celery_stack, databricks_connection_env, wait_for
 from tests.integration.conftest import MiB, make_file, sha256_file
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
@@ -39,21 +38,12 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FilesApiEmula
         yield emu
 
 
-def connection_env(emu: FilesApiEmulator) -> dict[str, str]:
-    conn = {
-        "conn_type": "databricks",
-        "host": emu.url,
-        "password": emu.token,
-        "extra": {"retry_timeout_seconds": 30},
-    }
-    return {"AIRFLOW_CONN_DATABRICKS_DEFAULT": json.dumps(conn)}
-
-
 @pytest.fixture(scope="module")
 def local_stack(
     emulator: FilesApiEmulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[AirflowStack]:
-    with AirflowStack(tmp_path_factory.mktemp("airflow-local"), DAGS, connection_env(emulator)) as stack:
+    home = tmp_path_factory.mktemp("airflow-local")
+    with AirflowStack(home, DAGS, databricks_connection_env(emulator)) as stack:
         stack.wait_for_dag("resume_upload")
         stack.wait_for_dag("resume_download")
         yield stack
@@ -81,13 +71,6 @@ def start_upload_until_half(
         return cp if cp is not None and len(cp.parts) >= cp.part_count // 2 else None
 
     return src, dest, run_id, wait_for(half_done, 180, "the upload checkpoint to reach 50%")
-
-
-def kill_task_process(stack: AirflowStack, dag_id: str, run_id: str, task_id: str) -> int:
-    ti = stack.task_instance(dag_id, run_id, task_id)
-    pid = int(ti["pid"])
-    os.kill(pid, signal.SIGKILL)
-    return pid
 
 
 def check_upload_resumed(
@@ -118,7 +101,7 @@ def test_killed_upload_resumes_on_retry_and_a_clear_starts_over(
     src, dest, run_id, at_kill = start_upload_until_half(stack, tmp_path, seed=41)
     progress = stack.xcom("resume_upload", run_id, "upload", "checkpoint")
     assert progress["percent"] >= 25 and "session_token" not in progress  # the UI mirror
-    kill_task_process(stack, "resume_upload", run_id, "upload")
+    stack.kill_task("resume_upload", run_id, "upload")
     assert stack.wait_for_run("resume_upload", run_id) == "success", stack.run_report("resume_upload", run_id)
     check_upload_resumed(stack, emu, "resume_upload", run_id, dest, src, at_kill)
 
@@ -150,7 +133,7 @@ def test_killed_download_resumes_on_retry(
 
     at_kill = wait_for(half_done, 180, "the download checkpoint to reach 50%")
     served_before = sum(r.bytes_out for r in emu.requests("presigned.download") if r.path == path)
-    kill_task_process(stack, "resume_download", run_id, "download")
+    stack.kill_task("resume_download", run_id, "download")
     assert not dest.exists()  # never a half-written file in place
     assert stack.wait_for_run("resume_download", run_id) == "success", stack.run_report(
         "resume_download", run_id
@@ -169,54 +152,11 @@ def test_killed_download_resumes_on_retry(
 # ---------------------------------------------------------------- CeleryExecutor: try 2 on another worker
 
 
-def _services_or_skip() -> tuple[str, str]:
-    """PostgreSQL and Redis of this machine (started before every session and CI run)."""
-    import psycopg2
-    import redis
-
-    try:
-        psycopg2.connect(
-            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3
-        ).close()
-        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=3).ping()
-    except Exception as err:  # noqa: BLE001
-        pytest.skip(f"the CeleryExecutor test needs PostgreSQL on 127.0.0.1:5432 and Redis on :6379 ({err})")
-    return "127.0.0.1:5432", "127.0.0.1:6379"
-
-
 @pytest.fixture
-def celery_stack(emulator: FilesApiEmulator, tmp_path: Path) -> Iterator[AirflowStack]:
-    import psycopg2
-    import redis
-
-    pg, rd = _services_or_skip()
-    db = f"adt_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {db}")
-    redis_db = 7
-    redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()
-    env = {
-        **connection_env(emulator),
-        "AIRFLOW__CELERY__BROKER_URL": f"redis://{rd}/{redis_db}",
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://postgres@{pg}/{db}",
-        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
-    }
-    stack = AirflowStack(
-        tmp_path / "airflow-celery",
-        DAGS,
-        env,
-        executor="CeleryExecutor",
-        sql_alchemy_conn=f"postgresql+psycopg2://postgres@{pg}/{db}",
-        celery_workers=("w1", "w2"),
-    )
-    try:
-        with stack:
-            stack.wait_for_dag("resume_upload")
-            yield stack
-    finally:
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        admin.close()
+def celery_airflow(emulator: FilesApiEmulator, tmp_path: Path) -> Iterator[AirflowStack]:
+    with celery_stack(tmp_path / "airflow-celery", DAGS, databricks_connection_env(emulator)) as stack:
+        stack.wait_for_dag("resume_upload")
+        yield stack
 
 
 def _worker_of(stack: AirflowStack, pid: int) -> str | None:
@@ -234,9 +174,9 @@ def _worker_of(stack: AirflowStack, pid: int) -> str | None:
 
 
 def test_celery_worker_killed_whole_and_the_retry_resumes_on_the_other_worker(
-    celery_stack: AirflowStack, emulator: FilesApiEmulator, tmp_path: Path
+    celery_airflow: AirflowStack, emulator: FilesApiEmulator, tmp_path: Path
 ) -> None:
-    stack, emu = celery_stack, emulator
+    stack, emu = celery_airflow, emulator
     src, dest, run_id, at_kill = start_upload_until_half(stack, tmp_path, seed=43)
     pid = int(stack.task_instance("resume_upload", run_id, "upload")["pid"])
     first = _worker_of(stack, pid)

@@ -8,6 +8,7 @@ import re
 
 import pytest
 from airflow.sdk import BaseOperator, BaseSensorOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_databricks_transfer.operators.azure_blob import (
     AzureBlobToDatabricksVolumeOperator,
@@ -19,6 +20,7 @@ from airflow_databricks_transfer.operators.files import (
     DatabricksVolumeToLocalFilesystemOperator,
     LocalFilesystemToDatabricksVolumeOperator,
 )
+from airflow_databricks_transfer.operators.sync import DatabricksVolumeSyncOperator
 from airflow_databricks_transfer.operators.zerobus import ZerobusIngestOperator
 from airflow_databricks_transfer.sensors.files import DatabricksVolumeFileSensor
 from airflow_databricks_transfer.triggers.files import DatabricksVolumeFileTrigger
@@ -90,3 +92,21 @@ def test_zerobus_ingest_templates_its_numbers_and_stream_options() -> None:
     fields = set(ZerobusIngestOperator.template_fields)
     assert {"table_name", "source_path", "records", "batch_records", "flush_every_batches"} <= fields
     assert {"max_inflight_records", "flush_timeout_ms", "server_lack_of_ack_timeout_ms"} <= fields
+
+
+def test_sync_templates_its_manifest_cadence_and_pace() -> None:
+    op = DatabricksVolumeSyncOperator(
+        task_id="sync",
+        local_dir="/tmp/src",
+        volume_path="/Volumes/main/default/landing/x",
+        manifest_every_files="{{ params.every }}",
+        manifest_every_s="{{ params.seconds }}",
+        bandwidth_limit_bytes_per_s="{{ params.rate }}",
+    )
+    op.render_template_fields({"params": {"every": 3, "seconds": 2.5, "rate": 1048576}})
+    options = op._options()
+    assert (options.manifest_every_files, options.manifest_every_s) == (3, 2.5)
+    assert options.upload.bandwidth_limit_bytes_per_s == 1048576
+    op.manifest_every_files = "0"  # a manifest write after every zero files is no cadence
+    with pytest.raises(AirflowFailException, match="manifest_every_files"):
+        op._options()
