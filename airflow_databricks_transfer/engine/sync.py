@@ -711,11 +711,15 @@ class VolumeSync:
             if discarded:
                 log.warning("%s: ignoring its checkpoint (%s)", action.rel, discarded)
             sink = self.checkpoints.sink(action.rel)
-        seen = [0]
+        seen = {"sent": 0, "resumed": 0}
 
         def feed(event: ProgressEvent) -> None:
-            delta = event.bytes_done - seen[0]
-            seen[0] = event.bytes_done
+            # the file's resumed bytes count as resumed in the sync's total too (not in its rate)
+            if event.bytes_resumed > seen["resumed"]:
+                tracker.resumed(event.bytes_resumed - seen["resumed"])
+                seen["resumed"] = event.bytes_resumed
+            delta = event.bytes_sent - seen["sent"]
+            seen["sent"] = event.bytes_sent
             if delta:
                 tracker.add(delta)
 
@@ -751,7 +755,7 @@ class VolumeSync:
             if isinstance(err, AuthError):
                 self._stop.set()  # every other file would fail the same way
             return
-        tracker.add(max(0, action.size - seen[0]), part_done=True)
+        tracker.add(max(0, action.size - seen["sent"] - seen["resumed"]), part_done=True)
         with lock:
             result.uploaded += 1
             result.bytes_uploaded += res.bytes_sent

@@ -238,6 +238,7 @@ class DatabricksVolumeSyncOperator(BaseOperator):
                         "files_done": event.parts_done,
                         "files_total": event.parts_total,
                         "bytes_done": event.bytes_done,
+                        "bytes_resumed": event.bytes_resumed,
                         "bytes_total": event.bytes_total,
                         "percent": round(event.percent, 1),
                     },
