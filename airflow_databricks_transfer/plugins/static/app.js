@@ -70,6 +70,7 @@
   }
   function stateBadge(state) {
     var span = document.createElement("span");
+    span.className = "pill";
     span.setAttribute("data-state", state || "");
     span.textContent = state || "–";
     return span;
@@ -188,6 +189,8 @@
     renderTries(p.tries || []);
     renderResult(p.result);
     $("error-section").hidden = !p.last_error;
+    var failed = (p.tries || []).filter(function (t) { return t.error; }).pop();
+    text($("error-title"), failed ? "Last error (try " + failed.try_number + ")" : "Last error");
     text($("error"), p.last_error || "");
   }
 
@@ -223,7 +226,7 @@
     body.textContent = "";
     Object.keys(result).forEach(function (k) {
       var v = result[k];
-      if (k === "bytes") v = num(v) + " (" + bytes(v) + ")";
+      if (typeof v === "number" && /(^|_)bytes($|_)/.test(k)) v = num(v) + " (" + bytes(v) + ")";
       else if (k === "mib_per_s") v = Number(v).toFixed(1) + " MiB/s";
       else if (k === "seconds") v = duration(v) + " (" + Number(v).toFixed(2) + " s)";
       else if (v !== null && typeof v === "object") v = JSON.stringify(v);
