@@ -310,6 +310,29 @@ def zerobus_story(emu: Any, db: Path, events: int) -> dict[str, Any]:
     return story
 
 
+TABS_SQL = (
+    "SELECT DISTINCT x.dag_id, x.run_id, x.task_id, x.map_index FROM xcom x"
+    " WHERE x.key = 'checkpoint' ORDER BY x.dag_run_id, x.task_id, x.map_index"
+)
+
+
+def transfer_tabs(db: Path) -> list[str]:
+    """Where each transfer's Transfer tab is, on an Airflow api-server over this metadata database.
+
+    The demo runs ``airflow dags test`` and starts no api-server; on a user's Airflow the same path
+    follows the UI's base URL (``[api] base_url``). A task of this package is one with a ``checkpoint``
+    XCom (every transfer operator pushes its progress or final summary there).
+    """
+    from airflow_databricks_transfer.plugins.transfer_view import tab_path
+
+    base = os.environ.get("AIRFLOW__API__BASE_URL", "http://localhost:8080").rstrip("/")
+    try:
+        rows = query(db, TABS_SQL)
+    except sqlite3.Error:
+        return []
+    return [f"{base}/{tab_path(str(d), str(r), str(t), int(m))}" for d, r, t, m in rows]
+
+
 def seconds(tries: dict[int, dict[str, Any]], a: int, a_key: str, b: int, c_key: str) -> str:
     """Seconds from one try's start or end to another's, as Airflow recorded them."""
     try:
@@ -527,6 +550,12 @@ def main() -> int:
         azure = xcom(db, AZURE, "verify")
         sensor_found = found.group(1) if found else None
         print_summary(story, results, roundtrip, download, cuts, sensor_found, azure, stats, zerobus)
+        tabs = transfer_tabs(db)
+        print()
+        print("Transfer tabs (live part map, rate, ETA, tries; start `airflow api-server` with this")
+        print(f"AIRFLOW_HOME={work / 'airflow'} and --keep to open them):")
+        for tab in tabs:
+            print(f"  {tab}")
         if args.summary_json:
             summary = {
                 "dags": {d: {"ok": ok, "seconds": round(s, 1)} for d, ok, s in results},
@@ -538,6 +567,7 @@ def main() -> int:
                 "zerobus": zerobus,
                 "sync": sync,
                 "emulator": stats,
+                "transfer_tabs": tabs,
             }
             args.summary_json.write_text(json.dumps(summary, indent=2, default=str))
         zerobus_problems = zerobus["problems"] if zerobus else ["the Zerobus emulator did not start"]

@@ -14,9 +14,9 @@ from typing import Any
 from airflow.plugins_manager import AirflowPlugin
 
 from airflow_databricks_transfer.plugins.connection_test import ConnectionTestPortFix
+from airflow_databricks_transfer.plugins.transfer_view import TAB_ROUTE
 
 URL_PREFIX = "/adt-transfer"  # transfer_ui.URL_PREFIX; repeated so this module does not import it
-TAB_ROUTE = "transfer"
 
 _Scope = MutableMapping[str, Any]
 _Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
@@ -53,13 +52,13 @@ from airflow_databricks_transfer.plugins.transfer_view import (
     build_payload,
     progress_summary,
     scrub,
+    tab_path,
 )
 
 log = logging.getLogger(__name__)
 
 URL_PREFIX = "/adt-transfer"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-TAB_ROUTE = "transfer"
 XCOM_KEY = "checkpoint"
 DEFAULT_CHECKPOINT_KEY = "checkpoint"
 LIST_LIMIT = 500
@@ -84,14 +83,6 @@ def parse_map_index(value: str | None) -> int:
     if text in ("", "{MAP_INDEX}", "null", "None"):
         return -1
     raise HTTPException(400, f"map_index must be an integer, not {value!r}")
-
-
-def tab_path(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
-    """The tab's address relative to the Airflow UI base URL."""
-    path = f"dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/tasks/{quote(task_id, safe='')}"
-    if map_index >= 0:
-        path += f"/mapped/{map_index}"
-    return f"{path}/plugin/{TAB_ROUTE}"
 
 
 def _epoch(value: datetime | None) -> float | None:

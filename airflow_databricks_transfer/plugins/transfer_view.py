@@ -24,6 +24,7 @@ import binascii
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 UI_SCHEMA = "airflow-databricks-transfer/ui"
 CHECKPOINT_SCHEMA = "airflow-databricks-transfer/checkpoint"
@@ -41,6 +42,7 @@ ACTIVE_STATES = frozenset(
 RUNNING_STATES = frozenset({"running", "deferred", "restarting", "up_for_reschedule"})
 MAX_BITMAP_UNITS = 200_000  # 25 KB of bitmap; beyond that the map shows counts
 ERROR_CHARS = 500
+TAB_ROUTE = "transfer"  # the task instance tab's ``url_route`` (plugins/__init__.py)
 
 _URL_QUERY = re.compile(r"(https?://[^\s\"'?<>]+)\?[^\s\"'<>]*")
 _SIGNED_PARAM = re.compile(
@@ -48,6 +50,14 @@ _SIGNED_PARAM = re.compile(
     r"signature|access_token|token|code|key)=[^&\s\"'<>]+"
 )
 _SECRET_KEY = re.compile(r"(?i)(token|secret|password|passwd|sas|signature|credential|authorization|cookie)")
+
+
+def tab_path(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+    """The Transfer tab of a task instance, relative to the Airflow UI's base URL."""
+    path = f"dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/tasks/{quote(task_id, safe='')}"
+    if map_index >= 0:
+        path += f"/mapped/{map_index}"
+    return f"{path}/plugin/{TAB_ROUTE}"
 
 
 # ------------------------------------------------------------------------------------------ scrubbing

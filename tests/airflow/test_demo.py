@@ -123,3 +123,18 @@ def test_the_second_sync_run_sends_and_reads_nothing(
     assert (first["uploaded"], first["failed"]) == (SYNC_FILES, 0)
     assert (second["uploaded"], second["skipped"], second["files_hashed"]) == (0, SYNC_FILES, 0)
     assert f"run 2 sent 0, read 0 files ({SYNC_FILES} hashes from the cache)" in proc.stdout
+
+
+def test_the_demo_prints_each_transfer_tab(
+    demo: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+) -> None:
+    proc, summary = demo
+    tabs = summary["transfer_tabs"]
+    upload = [t for t in tabs if "/dags/databricks_volume_roundtrip/" in t and "/tasks/upload/" in t]
+    assert len(upload) == 1 and upload[0].endswith("/tasks/upload/plugin/transfer"), tabs
+    assert upload[0].startswith("http://localhost:8080/dags/")
+    assert any("/dags/zerobus_ingest/" in t for t in tabs) and any(
+        "/dags/databricks_volume_sync/" in t for t in tabs
+    )
+    for tab in tabs:
+        assert f"  {tab}" in proc.stdout
