@@ -10,8 +10,10 @@ Unit map encoding (``payload["map"]``), compact for 10,000+ units:
   pack theirs) is unit number ``first + i``; ``first`` is 1 for parts/blocks (1-based part numbers, as in
   upload checkpoints) and 0 for download chunks (0-based chunk indexes, as in
   ``DownloadCheckpoint.done_chunks``). ``inflight`` lists unit numbers in the same base.
-- ``"counts"``: units without a stable identity (sync files, ingest batches) or too many units for a
-  bitmap: only ``done_count``, ``inflight_count`` and ``count``.
+- ``"counts"``: units without a stable identity (sync files, ingest batches), too many units for a
+  bitmap, or no checkpoint to read while the record or XCom counts some units done (before the first
+  checkpoint write, or with a worker-side state store backend): only ``done_count``, ``inflight_count``
+  and ``count``.
 
 Nothing credential-like leaves this module: the checkpoint head's ``session_token`` is never copied,
 and :func:`scrub` removes URL query strings, SAS-like parameters and secret-named keys from the payload.
@@ -219,26 +221,31 @@ def build_map(
     done_bits: tuple[bytearray, int, int] | None,
     live: Mapping[str, Any] | None,
     finished: bool,
+    known_done: int | None = None,
 ) -> dict[str, Any]:
-    """The unit map: a bitmap when units have numbers, else counts (see the module docstring)."""
+    """The unit map: a bitmap when units have numbers and the checkpoint says which are done, else
+    counts (see the module docstring). ``known_done``: units done as the record or XCom count them,
+    for when there is no checkpoint to read (not written yet, or kept outside the metadata database)."""
     live = live or {}
     inflight = _int_list(live.get("inflight"))
     inflight_count = live.get("inflight_count")
     if not isinstance(inflight_count, int):
         inflight_count = len(inflight)
-    if done_bits is not None:
-        bits, first, count = done_bits
-    else:
-        first, count = first_unit(kind), int(units_total or 0)
-        bits = None
-    numbered = unit in ("part", "chunk", "block") and 0 < count <= MAX_BITMAP_UNITS
     if finished:
         inflight, inflight_count = [], 0
-    if not numbered:
-        done = live.get("units_done")
-        done_count = count if finished else (done if isinstance(done, int) else 0)
-        if bits is not None and not finished:
+    if done_bits is not None:
+        bits: bytearray | None = done_bits[0]
+        first, count = done_bits[1], done_bits[2]
+    else:
+        bits, first, count = None, first_unit(kind), int(units_total or 0)
+    numbered = unit in ("part", "chunk", "block") and 0 < count <= MAX_BITMAP_UNITS
+    if not numbered or (bits is None and not finished and known_done):
+        if finished:
+            done_count = count
+        elif bits is not None:
             done_count = _popcount(bits)
+        else:
+            done_count = known_done or 0
         return {
             "encoding": "counts",
             "first": first,
@@ -248,7 +255,7 @@ def build_map(
         }
     if finished:
         bits = _prefix_bits(count, count)
-    elif bits is None:
+    elif bits is None:  # nothing is known to be done yet
         bits = bytearray((count + 7) // 8)
     inflight = [n for n in inflight if first <= n < first + count]
     return {
@@ -397,6 +404,13 @@ def build_payload(
                 units_total = int(base[key])
     live = record.get("live") if record is not None and isinstance(record.get("live"), Mapping) else None
     live_current = live is not None and live.get("try_number") == ti.get("try_number")
+    mirror = xcom if isinstance(xcom, Mapping) and final is None else None
+    known_done = None
+    if live_current and live is not None and isinstance(live.get("units_done"), int):
+        known_done = int(live["units_done"])
+    elif mirror is not None:
+        counted = mirror.get("parts_done", mirror.get("chunks_done", mirror.get("batches_acked")))
+        known_done = counted if isinstance(counted, int) else None
     unit_map = build_map(
         kind=kind,
         unit=unit,
@@ -404,6 +418,7 @@ def build_payload(
         done_bits=done_bits,
         live=live if live_current and ti_state in RUNNING_STATES else None,
         finished=finished,
+        known_done=known_done,
     )
 
     cp_done, cp_total = 0, 0
@@ -414,7 +429,6 @@ def build_payload(
     bytes_total = base.get("bytes_total") if isinstance(base.get("bytes_total"), int) else cp_total or None
     if bytes_total is None and isinstance(result, Mapping) and isinstance(result.get("bytes"), int):
         bytes_total = result["bytes"]
-    mirror = xcom if isinstance(xcom, Mapping) and final is None else None
     if finished:
         bytes_done: int | None = bytes_total
     else:  # the furthest of what is known about the current try; all of it only moves forward

@@ -32,6 +32,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Completed
         for k, v in os.environ.items()
         if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))
     }
+    env["PYTHONPATH"] = str(REPO)  # this checkout's package, in the script and the DAG runs it starts
     proc = subprocess.run(
         [
             sys.executable,

@@ -246,3 +246,36 @@ def test_scrub_removes_url_queries_sas_and_secret_keys() -> None:
     clean = json.dumps(scrub(dirty))
     assert "SECRETSIG" not in clean and "ALSOSECRET" not in clean and "tok" not in clean
     assert "sas_token" not in clean and "fine" in clean and "acct.blob.core.windows.net/c/b" in clean
+
+
+def test_without_a_readable_checkpoint_the_map_counts_what_the_record_or_xcom_says() -> None:
+    listed = build_payload(
+        ti=RUNNING_TI,
+        history={},
+        record=record(),
+        checkpoint_head=None,
+        checkpoint_segments=[],
+        xcom=None,
+        now=1796000052.0,
+    )
+    assert listed["map"] == {
+        "encoding": "counts",
+        "first": 1,
+        "count": 10_000,
+        "done_count": 5000,
+        "inflight_count": 3,
+    }
+    assert progress_summary(listed)["units_done"] == 5000
+    cp = upload_checkpoint(8, [1, 2, 3])
+    ti = {"state": "failed", "try_number": 1, "max_tries": 0, "start_date": 1.0, "end_date": 2.0}
+    only_xcom = build_payload(
+        ti=ti,
+        history={},
+        record=None,
+        checkpoint_head=None,
+        checkpoint_segments=[],
+        xcom=cp.progress_view(),
+        now=3.0,
+    )
+    assert only_xcom["map"]["encoding"] == "counts" and only_xcom["map"]["done_count"] == 3
+    assert only_xcom["map"]["count"] == 8 and only_xcom["bytes_done"] == cp.bytes_done
