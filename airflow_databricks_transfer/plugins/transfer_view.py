@@ -360,7 +360,7 @@ _TRY_FIELDS = (
 def _units_total_from(result: Mapping[str, Any] | None, unit: str) -> int | None:
     if not isinstance(result, Mapping):
         return None
-    for key in (f"{unit}s", "parts", "chunks", "blocks", "files", "batches"):
+    for key in (f"{unit}s", "parts", "chunks", "blocks", "batches", "uploaded"):
         if isinstance(result.get(key), int):
             return int(result[key])
     return None
