@@ -28,7 +28,8 @@ rounds rotate the order of the variants (``first`` and ``resync`` stay a pair); 
   ``--concurrency`` keep-alive connections on as many threads: what any Python client could reach
   against this server.
 
-With ``--latency-ms N`` (default 20) the sample variants run again while the emulator holds every API
+With ``--latency-ms N`` (default 20) the sample variants run again on ``--latency-sample`` files of the
+sample (default 1000: the SDK loop takes ~25 ms a file there) while the emulator holds every API
 request for N ms (a fault rule with ``delay_s``), a stand-in for the round trip to a real workspace,
 where files/s is set by the latency and how many requests are in flight, not by loopback CPU.
 
@@ -295,7 +296,7 @@ class Ctx:
     args: argparse.Namespace
     work: Path
     tree: Path
-    sample: Path
+    roots: dict[str, Path]  # "small" (the tree), "sample", "lat": where each file list's names are
     lists: dict[str, Path]
     emu: Child
     emu_root: Path
@@ -370,8 +371,8 @@ def run_worker(ctx: Ctx, spec: dict[str, Any], log_name: str) -> Sample:
 
 
 # ---------------------------------------------------------------------------- data
-def make_tree(args: argparse.Namespace, root: Path, sample: Path) -> dict[str, Any]:
-    """small/dNNN/fNNNNN.bin spread over the folders, large/bigN.bin, and the sample as hard links."""
+def make_tree(args: argparse.Namespace, root: Path, sample: Path, lat: Path) -> dict[str, Any]:
+    """small/dNNN/fNNNNN.bin spread over the folders, large/bigN.bin, and the samples as hard links."""
     rng = random.Random(args.seed)
     small: list[str] = []
     small_bytes = 0
@@ -391,15 +392,21 @@ def make_tree(args: argparse.Namespace, root: Path, sample: Path) -> dict[str, A
                 f.write(rng.randbytes(MiB))
     step = max(1, args.small_files // max(1, args.sample)) if args.sample else 0
     picked = small[::step][: args.sample] if step else []
-    for rel in picked:
-        dst = sample / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.link(root / rel, dst)
+    # the latency scenario's sample: every other file of the sample, up to --latency-sample
+    lat_step = max(1, len(picked) // max(1, args.latency_sample))
+    lat_picked = picked[::lat_step][: args.latency_sample]
+    for files, under in ((picked, sample), (lat_picked, lat)):
+        for rel in files:
+            dst = under / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.link(root / rel, dst)
     return {
         "small": small,
         "small_bytes": small_bytes,
         "sample": picked,
         "sample_bytes": sum((root / r).stat().st_size for r in picked),
+        "lat": lat_picked,
+        "lat_bytes": sum((root / r).stat().st_size for r in lat_picked),
         "large_bytes": args.large_files * args.large_mib * MiB,
     }
 
@@ -467,7 +474,7 @@ def ours_variant(ctx: Ctx, key: str, label: str, scenario: str, local: Path, n_f
 
 def list_variant(ctx: Ctx, key: str, label: str, scenario: str, client: str, which: str) -> Variant:
     remote = f"{SYNC_ROOT}/{key}"
-    local = ctx.tree if which == "small" else ctx.sample
+    local = ctx.roots[which]
     n_files = len(ctx.lists[which].read_text().splitlines())
 
     def run() -> Sample:
@@ -646,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--large-files", type=int, default=3, help="large files in the tree (default 3)")
     p.add_argument("--large-mib", type=int, default=64, help="size of each large file, MiB (default 64)")
     p.add_argument("--sample", type=int, default=2000, help="small files the SDK loop uploads (2000)")
+    p.add_argument(
+        "--latency-sample", type=int, default=1000, help="files of the sample in the latency scenario (1000)"
+    )
     p.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--concurrency", type=int, default=None, help="files at once (default: SyncOptions' 5)")
     p.add_argument(
@@ -701,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(shutil.rmtree, work, ignore_errors=True)
         emu_root = Path(tempfile.mkdtemp(prefix="sync-bench-emu-", dir=args.emu_dir))
         stack.callback(shutil.rmtree, emu_root, ignore_errors=True)
-        tree, sample = work / "tree", work / "sample"
+        tree, sample, lat_tree = work / "tree", work / "sample", work / "sample-latency"
         print(
             f"generating {args.small_files} files of {args.min_kib}-{args.max_kib} KiB in {args.folders}"
             " folders"
@@ -709,19 +719,20 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         t0 = time.monotonic()
-        data = make_tree(args, tree, sample)
+        data = make_tree(args, tree, sample, lat_tree)
         print(f"  done in {time.monotonic() - t0:.1f} s", flush=True)
-        lists = {"small": work / "small.txt", "sample": work / "sample.txt"}
-        lists["small"].write_text("\n".join(data["small"]) + "\n")
-        lists["sample"].write_text("\n".join(data["sample"]) + "\n")
+        lists = {k: work / f"{k}.txt" for k in ("small", "sample", "lat")}
+        for k, path in lists.items():
+            path.write_text("\n".join(data[k]) + "\n")
         emu_cmd = [sys.executable, "-m", "airflow_databricks_transfer.testing.files_api", "--port", "0"]
         emu_cmd += ["--root", str(emu_root), "--token", TOKEN, "--volume", VOLUME]
         emu_cmd += ["--rate-limit-concurrent", "0", "--rate-limit-per-s", "0"]
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         emu = Child("emulator", emu_cmd, work)  # cwd REPO_ROOT: this checkout's emulator
         stack.callback(emu.stop)
-        ctx = Ctx(args, work, tree, sample, lists, emu, emu_root, f"http://{HOST}:{emu.port}", env)
-        n_small, n_sample = len(data["small"]), len(data["sample"])
+        roots = {"small": tree, "sample": sample, "lat": lat_tree}
+        ctx = Ctx(args, work, tree, roots, lists, emu, emu_root, f"http://{HOST}:{emu.port}", env)
+        n_small, n_sample, n_lat = len(data["small"]), len(data["sample"]), len(data["lat"])
         first, resync = sync_variants(ctx, data)
         small_tree = tree / "small"
         # ours_small syncs small/ as the root, so the names differ from the lists' by "small/"
@@ -752,17 +763,17 @@ def main(argv: list[str] | None = None) -> int:
         lat: list[list[Variant]] = [
             [
                 ours_variant(
-                    ctx, "lat_ours_sample", "ours: first sync, the sample", "latency", sample, n_sample
+                    ctx, "lat_ours_sample", "ours: first sync, the sample", "latency", lat_tree, n_lat
                 )
             ],
             [
                 list_variant(
-                    ctx, "lat_sdk_sample", "SDK files.upload loop, the sample", "latency", "sdk", "sample"
+                    ctx, "lat_sdk_sample", "SDK files.upload loop, the sample", "latency", "sdk", "lat"
                 )
             ],
             [
                 list_variant(
-                    ctx, "lat_raw_sample", "ceiling: raw PUT pool, the sample", "latency", "raw", "sample"
+                    ctx, "lat_raw_sample", "ceiling: raw PUT pool, the sample", "latency", "raw", "lat"
                 )
             ],
         ]
@@ -806,6 +817,8 @@ def main(argv: list[str] | None = None) -> int:
                 "large_mib": args.large_mib,
                 "sample_files": n_sample,
                 "sample_mib": data["sample_bytes"] / MiB,
+                "latency_sample_files": n_lat,
+                "latency_sample_mib": data["lat_bytes"] / MiB,
                 "fs": fs_type(work),
             },
             "concurrency": args.concurrency or 5,
@@ -821,7 +834,8 @@ def main(argv: list[str] | None = None) -> int:
             f"\ntree: {n_small} small files ({data['small_bytes'] / MiB:.0f} MiB,"
             f" {args.min_kib}-{args.max_kib} KiB,"
             f" {args.folders} folders) + {args.large_files} x {args.large_mib} MiB; sample {n_sample} files"
-            f" ({data['sample_bytes'] / MiB:.0f} MiB); concurrency {args.concurrency or 5}; medians of"
+            f" ({data['sample_bytes'] / MiB:.0f} MiB), latency sample {n_lat} files;"
+            f" concurrency {args.concurrency or 5}; medians of"
             f" {args.runs} runs; cpu = client CPU-s, srv = emulator CPU-s, RSS0/peak MiB of the client"
         )
         print_report(result)
