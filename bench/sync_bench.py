@@ -4,8 +4,8 @@ files/s against the databricks-sdk uploading the same small files one by one, ag
 The Files API emulator runs as one subprocess (root on /dev/shm, request-rate limits off, so the server
 never answers 429). The source tree is generated once (seeded ``random.randbytes``) under ``--tree-dir``:
 ``small/dNNN/fNNNNN.bin`` (sizes spread over ``--min-kib``..``--max-kib``) and ``large/bigN.bin``. A
-sample of the small files (every k-th one, hard links under the same relative names) is the tree that the
-slow one-by-one client and the latency scenario use.
+sample of the small files (seeded random picks over every folder, hard links under the same relative
+names) is the tree that the slow one-by-one client and the latency scenario use.
 
 Every measured run is a fresh subprocess (this file with ``--worker``): it imports and connects, reports
 ready, the bench normalizes memory (touch and free ``--prefault-mib`` in a throwaway process), then the
@@ -390,11 +390,9 @@ def make_tree(args: argparse.Namespace, root: Path, sample: Path, lat: Path) -> 
         with open(root / "large" / f"big{i}.bin", "wb") as f:
             for _ in range(args.large_mib):
                 f.write(rng.randbytes(MiB))
-    step = max(1, args.small_files // max(1, args.sample)) if args.sample else 0
-    picked = small[::step][: args.sample] if step else []
-    # the latency scenario's sample: every other file of the sample, up to --latency-sample
-    lat_step = max(1, len(picked) // max(1, args.latency_sample))
-    lat_picked = picked[::lat_step][: args.latency_sample]
+    # seeded random picks: a stride would hit only some folders (every 10th of 200 folders: 20 of them)
+    picked = sorted(rng.sample(small, min(args.sample, len(small))))
+    lat_picked = sorted(rng.sample(picked, min(args.latency_sample, len(picked))))
     for files, under in ((picked, sample), (lat_picked, lat)):
         for rel in files:
             dst = under / rel
