@@ -426,3 +426,17 @@ def test_small_files_go_folder_by_folder_so_each_manifest_batch_lists_few_folder
     # once uploads began, each of the 6 batches of 2 lists only its own folder for the modification times
     first_put = next(i for i, r in enumerate(log) if r.route == "files.put")
     assert sum(1 for r in log[first_put:] if r.route == "directories.get") == 6
+
+
+def test_recursive_listing_walks_folders_concurrently_and_names_every_file(
+    emu: FilesApiEmulator, tree_api: FilesApiVolumeTree
+) -> None:
+    names = [f"{a}/{b}/f{i}.txt" for a in ("x", "y", "z") for b in ("p", "q") for i in range(2)]
+    names += ["top.txt", "x/mid.txt", "y/q/r/deep.txt"]
+    for rel in names:
+        tree_api.write_small(f"{TARGET}/{rel}", rel.encode())
+    listed = tree_api.list_files(TARGET)
+    assert sorted(listed) == sorted(names)
+    assert all(listed[rel].size == len(rel.encode()) and listed[rel].mtime_ms for rel in names)
+    assert sorted(tree_api.list_files(f"{TARGET}/x", recursive=False)) == ["mid.txt"]
+    assert tree_api.list_files(f"{TARGET}/missing") == {}
