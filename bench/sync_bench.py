@@ -97,7 +97,7 @@ SYNC_ROOT = f"{VOL_PATH}/sync"
 #: the 20,000-file runs of the small files alone (ours_small, raw_small) are left out by default: the
 #: first sync is those files plus the large ones, and the sample compares with the SDK on equal files
 _SAMPLE_KEYS = ("ours_sample", "sdk_sample", "raw_sample")
-DEFAULT_KEYS = ("first", "resync", *_SAMPLE_KEYS, *(f"lat_{k}" for k in _SAMPLE_KEYS))
+DEFAULT_KEYS = ("first", "resync", *_SAMPLE_KEYS, *(f"lat_{k}" for k in _SAMPLE_KEYS), "lat_resync_sample")
 
 
 # ============================================================================ worker (one measured run)
@@ -410,23 +410,25 @@ def make_tree(args: argparse.Namespace, root: Path, sample: Path, lat: Path) -> 
 
 
 # ---------------------------------------------------------------------------- variants
-def sync_variants(ctx: Ctx, data: dict[str, Any]) -> tuple[Variant, Variant]:
-    """``first`` and ``resync`` share a target and a hash cache; ``first`` starts both from empty."""
-    remote = f"{SYNC_ROOT}/full"
-    cache = ctx.work / "cache-full.sqlite"
-    n_files = len(data["small"]) + ctx.args.large_files
+def sync_variants(
+    ctx: Ctx, keys: tuple[str, str], labels: tuple[str, str], scenario: str, local: Path, n_files: int
+) -> tuple[Variant, Variant]:
+    """A first sync and a no-change re-sync sharing a target and a hash cache; the first sync starts
+    both from empty."""
+    remote = f"{SYNC_ROOT}/{keys[0]}"
+    cache = ctx.work / f"cache-{keys[0]}.sqlite"
 
     def first() -> Sample:
         clear_remote(ctx, remote)
-        for p in ctx.work.glob("cache-full.sqlite*"):
+        for p in ctx.work.glob(f"cache-{keys[0]}.sqlite*"):
             p.unlink()
-        s = run_worker(ctx, sync_spec(ctx, ctx.tree, remote, cache, "first"), f"first-{len(v1.samples)}")
+        s = run_worker(ctx, sync_spec(ctx, local, remote, cache, keys[0]), f"{keys[0]}-{len(v1.samples)}")
         s.checks["uploaded_all"] = s.files == n_files and s.result["failed"] == 0
         s.checks["remote_count_ok"] = count_files(remote_dir(ctx, remote)) == n_files + 1  # + manifest
         return s
 
     def resync() -> Sample:
-        s = run_worker(ctx, sync_spec(ctx, ctx.tree, remote, cache, "resync"), f"resync-{len(v2.samples)}")
+        s = run_worker(ctx, sync_spec(ctx, local, remote, cache, keys[1]), f"{keys[1]}-{len(v2.samples)}")
         r = s.result
         s.checks["nothing_uploaded"] = r["uploaded"] == 0 and r["skipped"] == n_files and r["failed"] == 0
         s.checks["no_file_read"] = r["files_hashed"] == 0 and r["bytes_hashed"] == 0
@@ -436,8 +438,8 @@ def sync_variants(ctx: Ctx, data: dict[str, Any]) -> tuple[Variant, Variant]:
         clear_remote(ctx, remote)
         return s
 
-    v1 = Variant("first", "ours: first sync, whole tree", "loopback", first)
-    v2 = Variant("resync", "ours: no-change re-sync", "loopback", resync)
+    v1 = Variant(keys[0], labels[0], scenario, first)
+    v2 = Variant(keys[1], labels[1], scenario, resync)
     return v1, v2
 
 
@@ -616,6 +618,18 @@ def verdicts(rows: dict[str, dict[str, Any]], variants: dict[str, Variant], late
             f"  files hashed / bytes hashed per re-sync: {hashed}; files.put logged by the emulator: {puts}"
             f" -> {pf(all(h == (0, 0) for h in hashed) and not any(puts))} (nothing read, nothing sent)"
         )
+    if "lat_ours_sample" in variants and "lat_resync_sample" in variants:
+        r = variants["lat_resync_sample"].samples
+        ratio = rows["lat_resync_sample"]["seconds_median"] / rows["lat_ours_sample"]["seconds_median"]
+        lists = [s.routes.get("directories.get", 0) for s in r]
+        hashed = [s.result["files_hashed"] for s in r]
+        puts = [s.routes.get("files.put", 0) for s in r]
+        out.append(
+            f"no-change re-sync, {latency_ms:g} ms per request, the {rows['lat_ours_sample']['files']}-file"
+            f" sample: {rows['lat_resync_sample']['seconds_median']:.3f} s = {100 * ratio:.1f}% of its first"
+            f" sync (folder listings per re-sync: {lists}; files hashed:"
+            f" {hashed}, files.put: {puts})"
+        )
     for scenario, ours_key, what, sdk_key, raw_key in (
         ("loopback", "first", "whole tree, first sync", "sdk_sample", "raw_small"),
         ("loopback", "ours_small", "small files only", "sdk_sample", "raw_small"),
@@ -731,7 +745,22 @@ def main(argv: list[str] | None = None) -> int:
         roots = {"small": tree, "sample": sample, "lat": lat_tree}
         ctx = Ctx(args, work, tree, roots, lists, emu, emu_root, f"http://{HOST}:{emu.port}", env)
         n_small, n_sample, n_lat = len(data["small"]), len(data["sample"]), len(data["lat"])
-        first, resync = sync_variants(ctx, data)
+        first, resync = sync_variants(
+            ctx,
+            ("first", "resync"),
+            ("ours: first sync, whole tree", "ours: no-change re-sync"),
+            "loopback",
+            tree,
+            n_small + args.large_files,
+        )
+        lat_first, lat_resync = sync_variants(
+            ctx,
+            ("lat_ours_sample", "lat_resync_sample"),
+            ("ours: first sync, the sample", "ours: no-change re-sync"),
+            "latency",
+            lat_tree,
+            n_lat,
+        )
         small_tree = tree / "small"
         # ours_small syncs small/ as the root, so the names differ from the lists' by "small/"
         loop: list[list[Variant]] = [
@@ -759,11 +788,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
         ]
         lat: list[list[Variant]] = [
-            [
-                ours_variant(
-                    ctx, "lat_ours_sample", "ours: first sync, the sample", "latency", lat_tree, n_lat
-                )
-            ],
+            [lat_first, lat_resync],
             [
                 list_variant(
                     ctx, "lat_sdk_sample", "SDK files.upload loop, the sample", "latency", "sdk", "lat"
@@ -778,8 +803,12 @@ def main(argv: list[str] | None = None) -> int:
         if only:
             loop = [[v for v in g if v.key in only] for g in loop]
             lat = [[v for v in g if v.key in only] for g in lat]
-            if any(v.key == "resync" for g in loop for v in g) and "first" not in only:
-                raise SystemExit("resync needs first")
+            if ("resync" in only and "first" not in only) or (
+                "lat_resync_sample" in only and "lat_ours_sample" not in only
+            ):
+                raise SystemExit(
+                    "a re-sync needs its first sync: resync needs first, lat_resync_sample lat_ours_sample"
+                )
         loop = [g for g in loop if g]
         lat = [g for g in lat if g] if args.latency_ms > 0 else []
         print(
