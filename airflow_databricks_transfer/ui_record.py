@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from airflow_databricks_transfer.checkpoints import TaskCheckpointStore
 from airflow_databricks_transfer.engine.checkpoint import (
@@ -94,6 +94,10 @@ def _bounded_result(result: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Peekable(Protocol):
+    def peek(self, wait_s: float = 1.0) -> ProgressEvent | None: ...
+
+
 class TransferRecorder:
     """Owns the ``.ui`` key of one task instance's transfer: ``start_try``, ``subscriber``, ``end_try``.
 
@@ -135,6 +139,7 @@ class TransferRecorder:
         self._base_bytes = 0
         self._last_write = float("-inf")
         self._warned = False
+        self._source: _Peekable | None = None  # the running tracker (set by it, see ``subscriber``)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -240,10 +245,14 @@ class TransferRecorder:
         def on_event(event: ProgressEvent) -> None:
             self.update(event)
 
+        def attach(source: _Peekable) -> None:
+            self._source = source
+
         on_event.interval_s = self.interval_s  # type: ignore[attr-defined]  # the tracker paces it
+        on_event.attach = attach  # type: ignore[attr-defined]  # end_try peeks at the latest state
         return on_event
 
-    def update(self, event: ProgressEvent) -> None:
+    def update(self, event: ProgressEvent, *, write: bool = True) -> None:
         """Fold one progress event into the record; written if ``interval_s`` has passed or it is final."""
         with self._lock:
             if self._record is None or self._entry is None or self._entry["ended_at"] is not None:
@@ -272,7 +281,7 @@ class TransferRecorder:
             record["live"] = self._live(
                 now, phase, bytes_done, done, event.inflight, event.rate_bps, event.eta_s
             )
-            if event.final or now - self._last_write >= self.interval_s:
+            if write and (event.final or now - self._last_write >= self.interval_s):
                 self._write()
 
     def end_try(
@@ -282,10 +291,17 @@ class TransferRecorder:
         *,
         wait_s: float | None = None,
     ) -> dict[str, Any]:
-        """Close this try: failed with ``error``, or success with ``result``. Returns ``{"tries",
-        "result"}`` for the final XCom value. On success nothing is written (the caller deletes the key
-        with the checkpoint). ``wait_s`` bounds the wait for the lock (``on_kill`` runs in a signal
-        handler that may have interrupted a write in this thread). A closed try stays as it was."""
+        """Close this try: failed with ``error``, or success with ``result``.
+
+        Returns the record without ``live``, ``schema`` and ``version`` (display fields, ``tries``,
+        ``result``) for the final XCom value. On success nothing is written (the caller deletes the key
+        with the checkpoint). ``wait_s`` bounds the waits (``on_kill`` runs in a signal handler that may
+        have interrupted a write in this thread). A closed try stays as it was."""
+        source = self._source
+        if source is not None and error is not None:  # a failed try: what it did since the last event
+            latest = source.peek(1.0 if wait_s is None else wait_s)
+            if latest is not None:
+                self.update(latest, write=False)
         acquired = self._lock.acquire(timeout=-1 if wait_s is None else wait_s)
         if not acquired:
             return {}
@@ -310,7 +326,12 @@ class TransferRecorder:
                 record["live"] = live
                 if error is not None:
                     self._write()
-            return {"tries": list(record["tries"]), "result": record.get("result")}
+            shown = ("kind", "source", "destination", "unit", "units_total", "bytes_total", "parallelism")
+            return {
+                **{k: record.get(k) for k in shown},
+                "tries": list(record["tries"]),
+                "result": record.get("result"),
+            }
         finally:
             self._lock.release()
 

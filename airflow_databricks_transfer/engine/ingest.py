@@ -824,7 +824,14 @@ class _Progress:
         interval = getattr(subscriber, "interval_s", None)
         if interval is not None:
             relay.interval_s = interval  # type: ignore[attr-defined]
+        attach = getattr(subscriber, "attach", None)
+        if callable(attach):  # it peeks at this (record-counting) progress, not at the bare tracker
+            relay.attach = lambda _tracker: attach(self)  # type: ignore[attr-defined]
         return relay
+
+    def peek(self, wait_s: float = 1.0) -> IngestProgressEvent | None:
+        event = self._tracker.peek(wait_s)
+        return None if event is None else self._with_records(event)
 
 
 @dataclass

@@ -4,6 +4,9 @@ Workers report every piece; subscribers hear at most one event per ``interval_s`
 so a 10,000-part upload does not write 10,000 log lines. A subscriber with its own ``interval_s``
 attribute (the UI recorder: ~2 s) is paced by that instead, independently of the log lines.
 
+A subscriber with an ``attach`` method is handed the tracker, so it can ``peek`` at the state when the
+try ends without a final event (a failure).
+
 Units in flight: a worker calls ``begin(n)`` when it takes part/chunk ``n`` and the unit leaves the
 in-flight set when it is done (``add(..., unit=n)``) or abandoned (``end(n)``); events carry the set as a
 sorted tuple (at most ``parallelism`` entries), numbered as the caller numbers its units.
@@ -131,6 +134,10 @@ class ProgressTracker:
         self._parts = 0
         self._parts_resumed = 0
         self._inflight: set[int] = set()
+        for subscriber in self.subscribers:  # one that closes its record at the end asks for a snapshot
+            attach = getattr(subscriber, "attach", None)
+            if callable(attach):
+                attach(self)
         self._samples: deque[tuple[float, int]] = deque([(self._start, 0)])
 
     def resumed(self, nbytes: int, parts: int = 0) -> None:
@@ -203,6 +210,15 @@ class ProgressTracker:
     def snapshot(self) -> ProgressEvent:
         with self._lock:
             return self._event(self._clock(), final=False)
+
+    def peek(self, wait_s: float = 1.0) -> ProgressEvent | None:
+        """A snapshot, or None if the lock stays taken ``wait_s`` (a signal handler must not hang)."""
+        if not self._lock.acquire(timeout=wait_s):
+            return None
+        try:
+            return self._event(self._clock(), final=False)
+        finally:
+            self._lock.release()
 
     def _event(self, now: float, final: bool) -> ProgressEvent:
         elapsed = now - self._start

@@ -144,7 +144,7 @@ def test_writes_are_throttled_to_the_recorders_interval_whatever_the_log_interva
 
 
 def test_errors_and_names_are_redacted_like_the_logs() -> None:
-    from airflow.sdk.log import mask_secret  # type: ignore[attr-defined]
+    from airflow.sdk.log import mask_secret
 
     mask_secret("s3cr3t-t0ken-value")
     store = Store()
