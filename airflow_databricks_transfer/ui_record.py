@@ -140,6 +140,7 @@ class TransferRecorder:
         self._last_write = float("-inf")
         self._warned = False
         self._source: _Peekable | None = None  # the running tracker (set by it, see ``subscriber``)
+        self._killed: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -284,27 +285,28 @@ class TransferRecorder:
             if write and (event.final or now - self._last_write >= self.interval_s):
                 self._write()
 
+    def mark_killed(self, reason: str = "Killed: the task was stopped (on_kill)") -> None:
+        """From ``on_kill``: no I/O here (it runs in the SIGTERM handler, which may have interrupted this
+        thread inside a state store call); the error that then escapes ``execute`` is recorded under
+        ``reason``."""
+        self._killed = reason
+
     def end_try(
         self,
         error: BaseException | str | None = None,
         result: Mapping[str, Any] | None = None,
-        *,
-        wait_s: float | None = None,
     ) -> dict[str, Any]:
         """Close this try: failed with ``error``, or success with ``result``.
 
         Returns the record without ``live``, ``schema`` and ``version`` (display fields, ``tries``,
         ``result``) for the final XCom value. On success nothing is written (the caller deletes the key
-        with the checkpoint). ``wait_s`` bounds the waits (``on_kill`` runs in a signal handler that may
-        have interrupted a write in this thread). A closed try stays as it was."""
+        with the checkpoint). A closed try stays as it was."""
         source = self._source
         if source is not None and error is not None:  # a failed try: what it did since the last event
-            latest = source.peek(1.0 if wait_s is None else wait_s)
+            latest = source.peek(1.0)  # bounded: a worker stuck holding the tracker must not hang this
             if latest is not None:
                 self.update(latest, write=False)
-        acquired = self._lock.acquire(timeout=-1 if wait_s is None else wait_s)
-        if not acquired:
-            return {}
+        self._lock.acquire()
         try:
             if self._record is None or self._entry is None:
                 return {}
@@ -321,7 +323,8 @@ class TransferRecorder:
                     live["phase"] = "done"
                 else:
                     entry["state"] = "failed"
-                    entry["error"] = error_text(error)
+                    text = error_text(error)
+                    entry["error"] = error_text(f"{self._killed}; {text}") if self._killed else text
                     live["phase"] = "failed"
                 record["live"] = live
                 if error is not None:

@@ -153,6 +153,6 @@ class RecordsTries:
         return recorder
 
     def _record_kill(self) -> None:
-        """From ``on_kill``: the try ends as failed (the error that escapes ``execute`` may not come)."""
+        """From ``on_kill``: the try's entry will say it was killed (written when ``execute`` unwinds)."""
         if self._ui is not None:
-            self._ui.end_try(error="Killed: the task was stopped (on_kill)", wait_s=1.0)
+            self._ui.mark_killed()
