@@ -15,6 +15,12 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_databricks_transfer.engine.retry import RetryPolicy
+from airflow_databricks_transfer.operators.azure_blob import (
+    AzureBlobToDatabricksVolumeOperator,
+    AzureBlobToLocalFilesystemOperator,
+    DatabricksVolumeToAzureBlobOperator,
+    LocalFilesystemToAzureBlobOperator,
+)
 from airflow_databricks_transfer.operators.files import (
     DatabricksVolumeToLocalFilesystemOperator,
     LocalFilesystemToDatabricksVolumeOperator,
@@ -23,11 +29,13 @@ from airflow_databricks_transfer.operators.sync import DatabricksVolumeSyncOpera
 from airflow_databricks_transfer.operators.zerobus import ZerobusIngestOperator
 from airflow_databricks_transfer.testing.files_api import FilesApiEmulator
 from airflow_databricks_transfer.testing.zerobus import ZerobusEmulator
+from tests.integration import test_azure_operators as az
 from tests.integration import test_zerobus_operator as zb
 from tests.integration.conftest import DictStore, MiB, context, make_file
 from tests.integration.test_zerobus_operator import FAST, jsonl, new_table
 
 zb_conn = zb.zb_conn  # the Zerobus connection fixture
+wasb, container = az.wasb, az.container  # the Azurite connection and a fresh container name
 
 pytestmark = pytest.mark.integration
 
@@ -284,3 +292,79 @@ def test_an_ingest_killed_mid_stream_then_resumed_is_recorded_by_batches_and_sou
     assert second["resumed_bytes"] + second["sent_bytes"] == src.stat().st_size
     assert second["sent_units"] == result["batches"] - left["batches_acked"]
     assert ti2.final()["result"]["records"] == n
+
+
+def test_the_four_azure_operators_record_their_try_and_hand_it_to_xcom(
+    wasb: str, conn: str, container: str, files_api_emulator: FilesApiEmulator, tmp_path: Path
+) -> None:
+    src = make_file(tmp_path / "w.bin", 3 * MiB + 7, seed=11)
+    common: dict[str, Any] = {"wasb_conn_id": wasb, "container_name": container}
+    volume = f"{VOL}/ui-azure/w.bin"
+    steps: list[tuple[Any, str, str, str, str]] = [
+        (
+            LocalFilesystemToAzureBlobOperator(
+                task_id="up",
+                **common,
+                blob_name="a/w.bin",
+                local_path=str(src),
+                block_size_bytes=MiB,
+                single_put_threshold_bytes=1,
+                create_container=True,
+            ),
+            "azure_blob.upload",
+            "block",
+            str(src),
+            f"{container}/a/w.bin",
+        ),
+        (
+            AzureBlobToDatabricksVolumeOperator(
+                task_id="to_volume",
+                **common,
+                blob_name="a/w.bin",
+                volume_path=volume,
+                databricks_conn_id=conn,
+            ),
+            "azure_blob.to_volume",
+            "part",
+            f"{container}/a/w.bin",
+            volume,
+        ),
+        (
+            DatabricksVolumeToAzureBlobOperator(
+                task_id="from_volume",
+                **common,
+                blob_name="b/w.bin",
+                volume_path=volume,
+                databricks_conn_id=conn,
+                part_size_bytes=MiB,
+            ),
+            "volume.to_azure_blob",
+            "block",
+            volume,
+            f"{container}/b/w.bin",
+        ),
+        (
+            AzureBlobToLocalFilesystemOperator(
+                task_id="down", **common, blob_name="b/w.bin", local_path=str(tmp_path / "back.bin")
+            ),
+            "azure_blob.download",
+            "chunk",
+            f"{container}/b/w.bin",
+            str(tmp_path / "back.bin"),
+        ),
+    ]
+    for operator, kind, unit, source, destination in steps:
+        store, ti = WatchedStore(), Ti(1)
+        result = operator.execute(context(task_state_store=store, ti=ti))
+        assert store.data == {}, kind  # checkpoint and UI record both go on success
+        final = ti.final()
+        assert (final["kind"], final["unit"], final["source"], final["destination"]) == (
+            kind,
+            unit,
+            source,
+            destination,
+        )
+        assert [t["state"] for t in final["tries"]] == ["success"] and final["bytes_total"] == 3 * MiB + 7
+        assert final["units_total"] == result.get("parts", result.get("chunks")), kind
+        assert store.ui_versions and store.ui_versions[0]["live"]["phase"] == "starting"
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
