@@ -143,11 +143,6 @@ class TransferRecorder:
         self._killed: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    @property
-    def try_number(self) -> int:
-        assert self._entry is not None, "start_try first"
-        return int(self._entry["try_number"])
-
     def start_try(
         self,
         *,
@@ -306,8 +301,7 @@ class TransferRecorder:
             latest = source.peek(1.0)  # bounded: a worker stuck holding the tracker must not hang this
             if latest is not None:
                 self.update(latest, write=False)
-        self._lock.acquire()
-        try:
+        with self._lock:
             if self._record is None or self._entry is None:
                 return {}
             record, entry = self._record, self._entry
@@ -335,8 +329,6 @@ class TransferRecorder:
                 "tries": list(record["tries"]),
                 "result": record.get("result"),
             }
-        finally:
-            self._lock.release()
 
     # ------------------------------------------------------------------ internals
     def _live(
