@@ -314,6 +314,9 @@ class TransferRecorder:
                 if error is None:
                     entry["state"] = "success"
                     record["result"] = _bounded_result(result or {})
+                    restarted = record["result"].get("restarted_reason")
+                    if entry["discarded"] is None and isinstance(restarted, str):  # the engine's own
+                        entry["discarded"] = scrub(restarted, MAX_ERROR_CHARS)
                     live["phase"] = "done"
                 else:
                     entry["state"] = "failed"

@@ -190,11 +190,21 @@ def test_success_hands_the_tries_to_xcom_and_deletes_the_record_with_the_checkpo
     rec = recorder(store, ti)
     rec.start_try(resumed_units=3, resumed_bytes=3 * MiB)
     writes = store.ui_writes
-    summary = rec.end_try(result={"bytes": 10 * MiB, "mib_per_s": 12.5, "failures": [1, 2], "sha256": "ab"})
+    summary = rec.end_try(
+        result={
+            "bytes": 10 * MiB,
+            "mib_per_s": 12.5,
+            "failures": [1, 2],
+            "sha256": "ab",
+            "restarted_reason": "the source changed since the checkpoint",
+        }
+    )
     assert store.ui_writes == writes  # success writes nothing: the key goes with the checkpoint
     assert [t["state"] for t in summary["tries"]] == ["failed", "success"]
     assert summary["tries"][1]["resumed_units"] == 3
-    assert summary["result"] == {"bytes": 10 * MiB, "mib_per_s": 12.5, "sha256": "ab"}  # no lists
+    # the engine's own reason to start over shows as the try's discarded checkpoint
+    assert summary["tries"][1]["discarded"] == "the source changed since the checkpoint"
+    assert summary["result"]["sha256"] == "ab" and "failures" not in summary["result"]  # no lists
     TaskCheckpointStore({"task_state_store": store, "ti": ti}).finish(
         "files_api.upload", {"bytes": 10 * MiB}, summary
     )
