@@ -632,6 +632,8 @@ class VolumeSync:
         # touches few folders: their modification times come from one listing per folder.
         threshold = opts.upload.multipart_threshold_bytes
         pending = sorted(uploads, key=lambda a: (0, -a.size, a.rel) if a.size >= threshold else (1, 0, a.rel))
+        # files have no identity across tries: the in-flight set holds this plan's order (a count for the UI)
+        ids = {a.rel: i for i, a in enumerate(pending)}
         cond = threading.Condition()
         lock = threading.Lock()
 
@@ -652,11 +654,13 @@ class VolumeSync:
                 if item is None:
                     return
                 action, need, file_opts = item
+                tracker.begin(ids[action.rel])
                 try:
                     self._upload_one(
                         action, plan.files[action.rel], file_opts, tracker, result, recorder, lock
                     )
                 finally:
+                    tracker.end(ids[action.rel])
                     with cond:
                         gate.give(need)
                         cond.notify_all()
