@@ -8,6 +8,10 @@ credential-free progress view so the UI shows how far a running or failed try go
 An ingest checkpoint (Zerobus) is one small value: the source position after the last acknowledged
 record, rewritten after every acknowledged flush.
 
+Next to the checkpoint, ``<key>.ui`` holds the per-try record the UI's Transfer tab shows (see
+``ui_record.py``); it is deleted with the checkpoint when the task succeeds, and its tries and result
+go into the final XCom ``checkpoint`` value.
+
 Upload checkpoints are split over keys: ``<key>`` holds the head and ``<key>.seg.<i>`` each segment of
 1,000 parts, so a finished part rewrites one small value, and each value stays under the state store's
 64 KiB advisory limit.
@@ -133,13 +137,33 @@ class TaskCheckpointStore:
         if self._mirror and self._ti is not None:
             self._ti.xcom_push(key=XCOM_KEY, value=checkpoint.progress_view())
 
-    def finish(self, kind: str, result: Mapping[str, Any]) -> None:
-        """After success: delete the checkpoint (a Clear must start over) and show "done" in the UI."""
+    def finish(self, kind: str, result: Mapping[str, Any], summary: Mapping[str, Any] | None = None) -> None:
+        """After success: delete the checkpoint and the UI record (a Clear must start over) and show
+        "done" in XCom, with ``summary`` (the UI record's ``tries`` and ``result``) when given."""
         self.clear()
+        self.delete_ui()
         if self._mirror and self._ti is not None:
             keys = ("destination", "table", "source", "bytes", "records")
             done = {k: result[k] for k in keys if k in result}
-            self._ti.xcom_push(key=XCOM_KEY, value={"kind": kind, **done, "phase": "done", "percent": 100.0})
+            value = {"kind": kind, **done, "phase": "done", "percent": 100.0, **(summary or {})}
+            self._ti.xcom_push(key=XCOM_KEY, value=value)
+
+    # ------------------------------------------------------------------ the UI record
+    @property
+    def ui_key(self) -> str:
+        """Where the per-try UI record lives: ``<checkpoint key>.ui``."""
+        return f"{self.key}.ui"
+
+    def read_ui(self) -> Any:
+        return None if self._store is None else self._store.get(self.ui_key)
+
+    def write_ui(self, record: Mapping[str, Any]) -> None:
+        if self._store is not None:
+            self._store.set(self.ui_key, dict(record), retention=NEVER_EXPIRE)
+
+    def delete_ui(self) -> None:
+        if self._store is not None:
+            self._store.delete(self.ui_key)
 
     def clear(self) -> None:
         """Forget the checkpoint (after success, or a fatal error) so a Clear starts from scratch."""

@@ -532,14 +532,20 @@ class Downloader:
             out = _TempFile(cp.temp_path, direct, write_lock)  # own descriptors: closed by their user
             try:
                 while (index := next_chunk()) is not None:
-                    start = index * cp.chunk_size
-                    size = min(cp.chunk_size, cp.length - start)
-                    written = functools.partial(_advance_all, hashers.values(), index) if hashers else None
-                    self._fetch_chunk(out, buf, start, size, remote, tracker, limiter, written)
-                    with self._lock:
-                        state["cp"] = state["cp"].with_chunk(index)
-                        saver.offer(state["cp"], index)
-                    tracker.add(0, part_done=True)
+                    tracker.begin(index)  # 0-based, as in DownloadCheckpoint.done_chunks
+                    try:
+                        start = index * cp.chunk_size
+                        size = min(cp.chunk_size, cp.length - start)
+                        written = (
+                            functools.partial(_advance_all, hashers.values(), index) if hashers else None
+                        )
+                        self._fetch_chunk(out, buf, start, size, remote, tracker, limiter, written)
+                        with self._lock:
+                            state["cp"] = state["cp"].with_chunk(index)
+                            saver.offer(state["cp"], index)
+                        tracker.add(0, part_done=True, unit=index)
+                    finally:
+                        tracker.end(index)
             finally:
                 out.close()
 

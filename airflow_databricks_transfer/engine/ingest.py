@@ -748,6 +748,8 @@ class IngestProgressEvent(ProgressEvent):
 
     records_done: int = 0
     records_resumed: int = 0
+    batches_done: int = 0  # acknowledged batches, the earlier tries' included
+    batches_resumed: int = 0
 
     @property
     def records_per_s(self) -> float:
@@ -776,23 +778,27 @@ class _Progress:
         started: float,
         bytes_resumed: int,
         records_resumed: int,
+        batches_resumed: int = 0,
     ) -> None:
         self.subscribers = list(subscribers)
         self.records_done = self.records_resumed = records_resumed
+        self.batches_done = self.batches_resumed = batches_resumed
         self._bytes = bytes_resumed
         self._tracker = ProgressTracker(
             label,
             bytes_total,
             0,
-            subscribers=[self._relay],
+            subscribers=[self._relay_to(s) for s in self.subscribers],
             interval_s=interval_s,
             unit="record",
             started=started,
         )
         self._tracker.resumed(bytes_resumed)
 
-    def acked(self, records: int, nbytes: int) -> None:
+    def acked(self, records: int, nbytes: int, batches: int | None = None) -> None:
         self.records_done = records
+        if batches is not None:
+            self.batches_done = batches
         delta, self._bytes = nbytes - self._bytes, nbytes
         self._tracker.add(delta)
 
@@ -802,13 +808,30 @@ class _Progress:
     def _with_records(self, event: ProgressEvent) -> IngestProgressEvent:
         base = {f.name: getattr(event, f.name) for f in fields(ProgressEvent)}
         return IngestProgressEvent(
-            **base, records_done=self.records_done, records_resumed=self.records_resumed
+            **base,
+            records_done=self.records_done,
+            records_resumed=self.records_resumed,
+            batches_done=self.batches_done,
+            batches_resumed=self.batches_resumed,
         )
 
-    def _relay(self, event: ProgressEvent) -> None:
-        ingest_event = self._with_records(event)
-        for subscriber in self.subscribers:
-            subscriber(ingest_event)
+    def _relay_to(self, subscriber: Subscriber) -> Subscriber:
+        """Each subscriber hears IngestProgressEvents, paced by its own interval if it has one."""
+
+        def relay(event: ProgressEvent) -> None:
+            subscriber(self._with_records(event))
+
+        interval = getattr(subscriber, "interval_s", None)
+        if interval is not None:
+            relay.interval_s = interval  # type: ignore[attr-defined]
+        attach = getattr(subscriber, "attach", None)
+        if callable(attach):  # it peeks at this (record-counting) progress, not at the bare tracker
+            relay.attach = lambda _tracker: attach(self)  # type: ignore[attr-defined]
+        return relay
+
+    def peek(self, wait_s: float = 1.0) -> IngestProgressEvent | None:
+        event = self._tracker.peek(wait_s)
+        return None if event is None else self._with_records(event)
 
 
 @dataclass
@@ -992,6 +1015,7 @@ class _Job:
             started,
             self.reader.bytes_at(acked.position),
             acked.records,
+            acked.batches,
         )
         total = self.opts.max_total_retries
         self.budget = RecoveryBudget(20 if total is None else total)
@@ -1101,7 +1125,7 @@ class _Job:
         self.acked = self.acked_if_flushed()
         self.inflight.clear()
         self._progressed = True
-        self.progress.acked(self.acked.records, self.reader.bytes_at(self.acked.position))
+        self.progress.acked(self.acked.records, self.reader.bytes_at(self.acked.position), self.acked.batches)
         self.reader.ensure_unchanged(self.read_identity)
         self._save()
 

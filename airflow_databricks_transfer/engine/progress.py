@@ -1,7 +1,15 @@
 """Progress events (bytes, parts or chunks, rate, ETA) for subscribers, and an optional bandwidth limit.
 
 Workers report every piece; subscribers hear at most one event per ``interval_s`` (plus the final one),
-so a 10,000-part upload does not write 10,000 log lines.
+so a 10,000-part upload does not write 10,000 log lines. A subscriber with its own ``interval_s``
+attribute (the UI recorder: ~2 s) is paced by that instead, independently of the log lines.
+
+A subscriber with an ``attach`` method is handed the tracker, so it can ``peek`` at the state when the
+try ends without a final event (a failure).
+
+Units in flight: a worker calls ``begin(n)`` when it takes part/chunk ``n`` and the unit leaves the
+in-flight set when it is done (``add(..., unit=n)``) or abandoned (``end(n)``); events carry the set as a
+sorted tuple (at most ``parallelism`` entries), numbered as the caller numbers its units.
 
 One speed: a transfer's rate is ``throughput_mib_per_s(bytes sent this try, seconds since the try
 began)``. The final event and the driver's result both use it, with the same clock start and the same
@@ -40,6 +48,8 @@ class ProgressEvent:
     final: bool = False
     unit: str = "part"  # what parts_done counts: "part" for uploads, "chunk" for downloads
     throttled_s: float = 0.0  # time spent waiting for the bandwidth limit so far
+    inflight: tuple[int, ...] = ()  # units workers hold right now (sorted; numbering: the caller's)
+    parts_resumed: int = 0  # units an earlier try finished (counted in parts_done)
 
     @property
     def bytes_sent(self) -> int:
@@ -79,6 +89,12 @@ def _duration(s: float) -> str:
 Subscriber = Callable[[ProgressEvent], None]
 
 
+def _own_interval(subscriber: Subscriber) -> float | None:
+    """A subscriber's own pacing (an ``interval_s`` attribute), or None for the tracker's."""
+    interval = getattr(subscriber, "interval_s", None)
+    return float(interval) if isinstance(interval, (int, float)) else None
+
+
 class ProgressTracker:
     """Thread-safe counter that turns worker reports into throttled progress events."""
 
@@ -109,10 +125,19 @@ class ProgressTracker:
         self._clock = clock
         self._lock = threading.Lock()
         self._start = clock() if started is None else started
-        self._last_emit = self._start
+        # when each subscriber last heard; one with its own interval hears the first report at once
+        self._last_emit = [
+            float("-inf") if _own_interval(s) is not None else self._start for s in self.subscribers
+        ]
         self._done = 0
         self._resumed = 0
         self._parts = 0
+        self._parts_resumed = 0
+        self._inflight: set[int] = set()
+        for subscriber in self.subscribers:  # one that closes its record at the end asks for a snapshot
+            attach = getattr(subscriber, "attach", None)
+            if callable(attach):
+                attach(self)
         self._samples: deque[tuple[float, int]] = deque([(self._start, 0)])
 
     def resumed(self, nbytes: int, parts: int = 0) -> None:
@@ -121,27 +146,60 @@ class ProgressTracker:
             self._resumed += nbytes
             self._done += nbytes
             self._parts += parts
+            self._parts_resumed += parts
 
-    def add(self, nbytes: int, *, part_done: bool = False) -> None:
-        event = None
+    def begin(self, unit: int) -> None:
+        """A worker took unit ``unit``: it is in flight until done (``add(..., unit=)``) or ``end``."""
+        with self._lock:
+            self._inflight.add(unit)
+            due = self._due(self._clock())
+        self._publish_to(due)
+
+    def end(self, unit: int) -> None:
+        """Unit ``unit`` left the workers without finishing (failure, cancel); a no-op once done."""
+        with self._lock:
+            self._inflight.discard(unit)
+
+    def add(self, nbytes: int, *, part_done: bool = False, unit: int | None = None) -> None:
+        """Count ``nbytes`` moved; ``part_done`` one more unit finished (``unit``: which, leaving flight)."""
         with self._lock:
             self._done += nbytes
             if part_done:
                 self._parts += 1
+                if unit is not None:
+                    self._inflight.discard(unit)
             now = self._clock()
             self._samples.append((now, self._done - self._resumed))
             while len(self._samples) > 2 and self._samples[1][0] < now - self.window_s:
                 self._samples.popleft()
-            if now - self._last_emit >= self.interval_s:
-                self._last_emit = now
-                event = self._event(now, final=False)
-        if event is not None:
-            self._publish(event)
+            due = self._due(now)
+        self._publish_to(due)
 
-    def undo(self, nbytes: int) -> None:
+    def undo(self, nbytes: int, unit: int | None = None) -> None:
         """Take back bytes of a part that failed mid-way and will be sent again."""
         with self._lock:
             self._done -= nbytes
+            if unit is not None:
+                self._inflight.discard(unit)
+
+    def _due(self, now: float) -> tuple[ProgressEvent | None, list[Subscriber]]:
+        """The subscribers whose interval has passed, and the event for them (under the lock)."""
+        due = []
+        while len(self._last_emit) < len(self.subscribers):  # subscribed after construction
+            self._last_emit.append(self._start)
+        for i, subscriber in enumerate(self.subscribers):
+            interval = _own_interval(subscriber)
+            if now - self._last_emit[i] >= (self.interval_s if interval is None else interval):
+                self._last_emit[i] = now
+                due.append(subscriber)
+        return (self._event(now, final=False) if due else None), due
+
+    @staticmethod
+    def _publish_to(due: tuple[ProgressEvent | None, list[Subscriber]]) -> None:
+        event, subscribers = due
+        if event is not None:
+            for subscriber in subscribers:
+                subscriber(event)
 
     def finish(self) -> ProgressEvent:
         with self._lock:
@@ -152,6 +210,15 @@ class ProgressTracker:
     def snapshot(self) -> ProgressEvent:
         with self._lock:
             return self._event(self._clock(), final=False)
+
+    def peek(self, wait_s: float = 1.0) -> ProgressEvent | None:
+        """A snapshot, or None if the lock stays taken ``wait_s`` (a signal handler must not hang)."""
+        if not self._lock.acquire(timeout=wait_s):
+            return None
+        try:
+            return self._event(self._clock(), final=False)
+        finally:
+            self._lock.release()
 
     def _event(self, now: float, final: bool) -> ProgressEvent:
         elapsed = now - self._start
@@ -176,6 +243,8 @@ class ProgressTracker:
             final,
             self.unit,
             self.limiter.waited_s if self.limiter is not None else 0.0,
+            tuple(sorted(self._inflight)) if not final else (),
+            self._parts_resumed,
         )
 
     def _publish(self, event: ProgressEvent) -> None:

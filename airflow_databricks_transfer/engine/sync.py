@@ -26,6 +26,7 @@ import posixpath
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -631,6 +632,8 @@ class VolumeSync:
         # touches few folders: their modification times come from one listing per folder.
         threshold = opts.upload.multipart_threshold_bytes
         pending = sorted(uploads, key=lambda a: (0, -a.size, a.rel) if a.size >= threshold else (1, 0, a.rel))
+        # files have no identity across tries: the in-flight set holds this plan's order (a count for the UI)
+        ids = {a.rel: i for i, a in enumerate(pending)}
         cond = threading.Condition()
         lock = threading.Lock()
 
@@ -651,11 +654,13 @@ class VolumeSync:
                 if item is None:
                     return
                 action, need, file_opts = item
+                tracker.begin(ids[action.rel])
                 try:
                     self._upload_one(
                         action, plan.files[action.rel], file_opts, tracker, result, recorder, lock
                     )
                 finally:
+                    tracker.end(ids[action.rel])
                     with cond:
                         gate.give(need)
                         cond.notify_all()
@@ -836,15 +841,26 @@ class _ManifestRecorder:
                         self._pending = {**batch, **self._pending}
 
     def _remote_times(self, names: set[str]) -> dict[str, RemoteFile]:
+        """The listed size and time of ``names``; the folders are listed ``concurrency`` at a time (one
+        after another, a batch spread over 100 folders waits 100 round trips)."""
         folders = sorted({posixpath.dirname(n) for n in names})
-        out: dict[str, RemoteFile] = {}
-        for folder in folders:
+
+        def listing(folder: str) -> tuple[str, dict[str, RemoteFile]]:
             base = f"{self.sync.target}/{folder}" if folder else self.sync.target
             try:
-                listed = self.sync.remote.list_files(base, recursive=False)
+                return folder, self.sync.remote.list_files(base, recursive=False)
             except TransferError as err:
                 log.warning("Could not list %s for modification times (%s)", base, err)
-                continue
+                return folder, {}
+
+        workers = min(self.sync.options.concurrency, len(folders))
+        if workers <= 1:
+            listings = [listing(f) for f in folders]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync-list") as pool:
+                listings = list(pool.map(listing, folders))
+        out: dict[str, RemoteFile] = {}
+        for folder, listed in listings:
             for rel, r in listed.items():
                 full = f"{folder}/{rel}" if folder else rel
                 if full in names:

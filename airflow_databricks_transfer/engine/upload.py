@@ -606,6 +606,7 @@ class Uploader:
                 first_sent_at = time.time()
             self.target.put_single(body, overwrite=opts.overwrite, cancel=stop, pace=pace)
 
+        tracker.begin(1)
         try:
             self._call(attempt, "single-shot PUT")
         except SourceChangedError as err:
@@ -631,7 +632,7 @@ class Uploader:
         except SourceChangedError as err:
             self._discard_torn(size, first_sent_at, err)
             raise
-        tracker.add(size, part_done=True)
+        tracker.add(size, part_done=True, unit=1)
         final_event = tracker.finish()
         composite = f"{hashlib.sha256(digest).hexdigest()}-1" if digest is not None else None
         return UploadResult(
@@ -799,15 +800,19 @@ class Uploader:
             reader = self.source.reader(cp.source)
             try:
                 while (n := next_part()) is not None:
-                    offset = (n - 1) * cp.part_size
-                    view = buf[: min(cp.part_size, size - offset)]
-                    self._read(reader, view, offset, n)
-                    digest = hashlib.sha256(view).digest() if opts.verify_sha256 else None
-                    etag = sender.send(n, view, pace)
-                    with state_lock:
-                        state["cp"] = state["cp"].with_part(n, etag, digest)
-                        saver.offer(state["cp"], state["cp"].segment_of(n))
-                    tracker.add(len(view), part_done=True)
+                    tracker.begin(n)
+                    try:
+                        offset = (n - 1) * cp.part_size
+                        view = buf[: min(cp.part_size, size - offset)]
+                        self._read(reader, view, offset, n)
+                        digest = hashlib.sha256(view).digest() if opts.verify_sha256 else None
+                        etag = sender.send(n, view, pace)
+                        with state_lock:
+                            state["cp"] = state["cp"].with_part(n, etag, digest)
+                            saver.offer(state["cp"], state["cp"].segment_of(n))
+                        tracker.add(len(view), part_done=True, unit=n)
+                    finally:
+                        tracker.end(n)
             finally:
                 reader.close()
 
@@ -931,6 +936,7 @@ class Uploader:
                     raise Cancelled("upload cancelled")
                 view = buf[: min(cp.part_size, size - offset)]
                 chunk = (offset // cp.part_size) + 1
+                tracker.begin(chunk)
                 self._read(reader, view, offset, chunk)
                 last = offset + len(view) == size
                 if last:
@@ -950,7 +956,8 @@ class Uploader:
                     self._accept_lost_session(cp, err)  # the final chunk's answer may have been lost
                     confirmed = None
                 new_offset = size if confirmed is None else confirmed
-                tracker.add(new_offset - offset, part_done=True)
+                tracker.end(chunk)
+                tracker.add(new_offset - offset, part_done=True, unit=chunk)
                 offset = new_offset
                 cp = replace(cp, confirmed_bytes=offset)
                 saver.offer(cp)

@@ -4,6 +4,7 @@ errors that fail a task at once (no retry can fix them)."""
 from __future__ import annotations
 
 import ast
+from collections.abc import Mapping
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
@@ -19,6 +20,7 @@ from airflow_databricks_transfer.engine.errors import (
     SourceChangedError,
     VerificationError,
 )
+from airflow_databricks_transfer.ui_record import TransferRecorder, as_count, resumed_from
 
 # Errors no retry can fix: fail the task at once instead of burning its retries.
 NOT_RETRYABLE = (
@@ -113,3 +115,44 @@ def as_patterns(value: Any, name: str) -> tuple[str, ...]:
         else:
             items = text.replace("\n", ",").split(",")
     return tuple(p.strip() for p in items if p.strip())
+
+
+class RecordsTries:
+    """Operators that keep the per-try UI record (``<checkpoint_key>.ui``, see ui_record.py)."""
+
+    _ui: TransferRecorder | None = None
+
+    def _start_recording(
+        self,
+        context: Mapping[str, Any],
+        key: str,
+        *,
+        kind: str,
+        source: Any,
+        destination: Any,
+        unit: str,
+        parallelism: Any = None,
+        checkpoint: Any = None,
+        discarded: str | None = None,
+        cumulative: bool = False,
+        **totals: int | None,
+    ) -> TransferRecorder:
+        """Open this try's entry (what ``checkpoint`` resumes, why one was ``discarded``)."""
+        recorder = TransferRecorder(
+            context,
+            key,
+            kind=kind,
+            source=str(source),
+            destination=str(destination),
+            unit=unit,
+            parallelism=as_count(parallelism),
+            cumulative=cumulative,
+        )
+        recorder.start_try(discarded=discarded, **{**resumed_from(checkpoint), **totals})
+        self._ui = recorder
+        return recorder
+
+    def _record_kill(self) -> None:
+        """From ``on_kill``: the try's entry will say it was killed (written when ``execute`` unwinds)."""
+        if self._ui is not None:
+            self._ui.mark_killed()

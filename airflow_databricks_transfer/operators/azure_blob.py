@@ -18,12 +18,21 @@ from airflow.sdk import BaseOperator, Context
 
 from airflow_databricks_transfer.checkpoints import TaskCheckpointStore
 from airflow_databricks_transfer.engine.download import DownloadOptions, DownloadResult
+from airflow_databricks_transfer.engine.progress import Subscriber
 from airflow_databricks_transfer.engine.retry import RetryPolicy
 from airflow_databricks_transfer.engine.upload import UploadOptions, UploadResult
 from airflow_databricks_transfer.engine.verify import resolve_verifiers
 from airflow_databricks_transfer.hooks.azure_blob import AzureBlobTransferHook
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
-from airflow_databricks_transfer.operators._common import as_int, fail_fast, opt_float, opt_int, opt_str
+from airflow_databricks_transfer.operators._common import (
+    RecordsTries,
+    as_int,
+    fail_fast,
+    opt_float,
+    opt_int,
+    opt_str,
+)
+from airflow_databricks_transfer.ui_record import recording
 
 _COMMON_PARAMS = """
     :param container_name: the blob container (templated).
@@ -42,7 +51,7 @@ _COMMON_PARAMS = """
 """
 
 
-class _AzureTransferOperator(BaseOperator):
+class _AzureTransferOperator(RecordsTries, BaseOperator):
     template_fields: Sequence[str] = (
         "container_name",
         "blob_name",
@@ -53,6 +62,8 @@ class _AzureTransferOperator(BaseOperator):
     ui_color = "#e3f2fd"
     #: checkpoint kind this operator writes and resumes (a checkpoint of another kind is discarded)
     kind: str = ""
+    #: what one checkpointed unit is, for the UI record: chunk (downloads), block or part
+    unit: str = "part"
 
     def __init__(
         self,
@@ -87,6 +98,11 @@ class _AzureTransferOperator(BaseOperator):
         """Stop the workers within seconds; the checkpoint stays, so the next try resumes."""
         if "hook" in self.__dict__:
             self.hook.cancel()
+        self._record_kill()
+
+    def _blob(self) -> str:
+        """The blob as the UI shows it: ``container/blob``."""
+        return f"{self.container_name}/{self.blob_name}"
 
     def _store(self, context: Context) -> TaskCheckpointStore:
         return TaskCheckpointStore(context, self.checkpoint_key)
@@ -110,7 +126,7 @@ class _AzureTransferOperator(BaseOperator):
             retry=self.transfer_retry,
         )
 
-    def _resume_upload(self, store: TaskCheckpointStore) -> Any:
+    def _resume_upload(self, store: TaskCheckpointStore) -> tuple[Any, str | None]:
         checkpoint, discarded = store.load_upload(self.kind)
         if discarded:
             self.log.warning("Ignoring the stored checkpoint (%s); starting from the beginning", discarded)
@@ -120,19 +136,40 @@ class _AzureTransferOperator(BaseOperator):
                 len(checkpoint.parts),
                 checkpoint.part_count,
             )
-        return checkpoint
+        return checkpoint, discarded
 
     def _transfer(
-        self, store: TaskCheckpointStore, run: Callable[[], UploadResult | DownloadResult]
+        self,
+        context: Context,
+        store: TaskCheckpointStore,
+        run: Callable[[list[Subscriber]], UploadResult | DownloadResult],
+        *,
+        source: str,
+        destination: str,
+        checkpoint: Any,
+        discarded: str | None,
     ) -> dict[str, Any]:
-        """Run it; an error no retry can fix fails the task at once; success deletes the checkpoint."""
-        try:
-            result = run()
-        except Exception as err:
-            fail_fast(err)
-            raise
+        """Run it, recording the try for the UI; an error no retry can fix fails the task at once;
+        success deletes the checkpoint and the UI record (their summary goes to XCom)."""
+        recorder = self._start_recording(
+            context,
+            self.checkpoint_key,
+            kind=self.kind,
+            source=source,
+            destination=destination,
+            unit=self.unit,
+            parallelism=self.parallelism,
+            checkpoint=checkpoint,
+            discarded=discarded,
+        )
+        with recording(recorder):
+            try:
+                result = run([recorder.subscriber()])
+            except Exception as err:
+                fail_fast(err)
+                raise
         out = result.to_dict()
-        store.finish(self.kind, out)
+        store.finish(self.kind, out, recorder.end_try(result=out))
         return out
 
 
@@ -164,6 +201,7 @@ class AzureBlobToLocalFilesystemOperator(_AzureTransferOperator):
     """
 
     kind = "azure_blob.download"
+    unit = "chunk"
     template_fields: Sequence[str] = (
         *_AzureTransferOperator.template_fields,
         "local_path",
@@ -207,6 +245,24 @@ class AzureBlobToLocalFilesystemOperator(_AzureTransferOperator):
         if discarded:
             self.log.warning("Ignoring the stored checkpoint (%s); downloading from the start", discarded)
         expected = opt_str(self.expected_sha256)
+        return self._transfer(
+            context,
+            store,
+            lambda subscribers: self._download(local_path, expected, checkpoint, store, subscribers),
+            source=self._blob(),
+            destination=local_path,
+            checkpoint=checkpoint,
+            discarded=discarded,
+        )
+
+    def _download(
+        self,
+        local_path: str,
+        expected: str | None,
+        checkpoint: Any,
+        store: TaskCheckpointStore,
+        subscribers: list[Subscriber],
+    ) -> DownloadResult:
         options = DownloadOptions(
             parallelism=as_int(self.parallelism, "parallelism"),
             overwrite=True,
@@ -218,17 +274,15 @@ class AzureBlobToLocalFilesystemOperator(_AzureTransferOperator):
             retry=self.transfer_retry,
             verifiers=tuple(resolve_verifiers(self.verify)),
         )
-        return self._transfer(
-            store,
-            lambda: self.hook.download_file(
-                str(self.container_name),
-                str(self.blob_name),
-                local_path,
-                chunk_size_bytes=opt_int(self.chunk_size_bytes, "chunk_size_bytes"),
-                options=options,
-                checkpoint=checkpoint,
-                sink=store,
-            ),
+        return self.hook.download_file(
+            str(self.container_name),
+            str(self.blob_name),
+            local_path,
+            chunk_size_bytes=opt_int(self.chunk_size_bytes, "chunk_size_bytes"),
+            options=options,
+            checkpoint=checkpoint,
+            sink=store,
+            subscribers=subscribers,
         )
 
 
@@ -246,6 +300,7 @@ class LocalFilesystemToAzureBlobOperator(_AzureTransferOperator):
     """
 
     kind = "azure_blob.upload"
+    unit = "block"
     template_fields: Sequence[str] = (
         *_AzureTransferOperator.template_fields,
         "local_path",
@@ -271,21 +326,26 @@ class LocalFilesystemToAzureBlobOperator(_AzureTransferOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         store = self._store(context)
-        checkpoint = self._resume_upload(store)
-        options = self._upload_options(
-            self.block_size_bytes, self.single_put_threshold_bytes, self.overwrite, full_sha256=True
-        )
+        checkpoint, discarded = self._resume_upload(store)
         return self._transfer(
+            context,
             store,
-            lambda: self.hook.upload_file(
+            lambda subscribers: self.hook.upload_file(
                 str(self.local_path),
                 str(self.container_name),
                 str(self.blob_name),
-                options=options,
+                options=self._upload_options(
+                    self.block_size_bytes, self.single_put_threshold_bytes, self.overwrite, full_sha256=True
+                ),
                 checkpoint=checkpoint,
                 sink=store,
                 create_container=self.create_container,
+                subscribers=subscribers,
             ),
+            source=str(self.local_path),
+            destination=self._blob(),
+            checkpoint=checkpoint,
+            discarded=discarded,
         )
 
 
@@ -338,19 +398,24 @@ class AzureBlobToDatabricksVolumeOperator(_VolumeSideOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         store = self._store(context)
-        checkpoint = self._resume_upload(store)
-        options = self._upload_options(self.part_size_bytes, 1, self.overwrite, full_sha256=False)
+        checkpoint, discarded = self._resume_upload(store)
         return self._transfer(
+            context,
             store,
-            lambda: self.hook.copy_blob_to_volume(
+            lambda subscribers: self.hook.copy_blob_to_volume(
                 str(self.container_name),
                 str(self.blob_name),
                 self.files_hook,
                 str(self.volume_path),
-                options=options,
+                options=self._upload_options(self.part_size_bytes, 1, self.overwrite, full_sha256=False),
                 checkpoint=checkpoint,
                 sink=store,
+                subscribers=subscribers,
             ),
+            source=self._blob(),
+            destination=str(self.volume_path),
+            checkpoint=checkpoint,
+            discarded=discarded,
         )
 
     def on_kill(self) -> None:
@@ -365,21 +430,27 @@ class DatabricksVolumeToAzureBlobOperator(_VolumeSideOperator):
     staged blocks; a retry asks the service which blocks it holds and stages only the missing ones."""
 
     kind = "volume.to_azure_blob"
+    unit = "block"
     __doc__ = f"{__doc__}{_VOLUME_PARAMS}"
 
     def execute(self, context: Context) -> dict[str, Any]:
         store = self._store(context)
-        checkpoint = self._resume_upload(store)
-        options = self._upload_options(self.part_size_bytes, 1, self.overwrite, full_sha256=False)
+        checkpoint, discarded = self._resume_upload(store)
         return self._transfer(
+            context,
             store,
-            lambda: self.hook.copy_volume_to_blob(
+            lambda subscribers: self.hook.copy_volume_to_blob(
                 self.files_hook,
                 str(self.volume_path),
                 str(self.container_name),
                 str(self.blob_name),
-                options=options,
+                options=self._upload_options(self.part_size_bytes, 1, self.overwrite, full_sha256=False),
                 checkpoint=checkpoint,
                 sink=store,
+                subscribers=subscribers,
             ),
+            source=str(self.volume_path),
+            destination=self._blob(),
+            checkpoint=checkpoint,
+            discarded=discarded,
         )

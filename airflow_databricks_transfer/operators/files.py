@@ -15,12 +15,21 @@ from airflow.sdk import BaseOperator, Context
 from airflow_databricks_transfer import lineage
 from airflow_databricks_transfer.checkpoints import TaskCheckpointStore
 from airflow_databricks_transfer.engine.checkpoint import DownloadCheckpoint, UploadCheckpoint
-from airflow_databricks_transfer.engine.download import DownloadOptions
+from airflow_databricks_transfer.engine.download import DownloadOptions, DownloadResult
 from airflow_databricks_transfer.engine.planning import DEFAULT_MULTIPART_THRESHOLD_BYTES
+from airflow_databricks_transfer.engine.progress import Subscriber
 from airflow_databricks_transfer.engine.retry import RetryPolicy
-from airflow_databricks_transfer.engine.upload import UploadOptions
+from airflow_databricks_transfer.engine.upload import UploadOptions, UploadResult
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
-from airflow_databricks_transfer.operators._common import as_int, fail_fast, opt_float, opt_int, opt_str
+from airflow_databricks_transfer.operators._common import (
+    RecordsTries,
+    as_int,
+    fail_fast,
+    opt_float,
+    opt_int,
+    opt_str,
+)
+from airflow_databricks_transfer.ui_record import recording
 
 _T = TypeVar("_T")
 
@@ -49,7 +58,7 @@ def _documents_common_params(cls: type[_T]) -> type[_T]:
 
 
 @_documents_common_params
-class _FilesTransferOperator(BaseOperator):
+class _FilesTransferOperator(RecordsTries, BaseOperator):
     """Common options of both transfer operators (appended to each one's docstring, for its API page).
 
     :param local_path: the local file (templated).
@@ -116,6 +125,7 @@ class _FilesTransferOperator(BaseOperator):
         """Stop the workers within seconds; the checkpoint stays, so the next try resumes."""
         if "hook" in self.__dict__:
             self.hook.cancel()
+        self._record_kill()
 
     def _checkpoints(self, context: Context) -> TaskCheckpointStore:
         return TaskCheckpointStore(context, self.checkpoint_key)
@@ -173,6 +183,36 @@ class LocalFilesystemToDatabricksVolumeOperator(_FilesTransferOperator):
                 len(checkpoint.parts),
                 checkpoint.part_count,
             )
+        recorder = self._start_recording(
+            context,
+            self.checkpoint_key,
+            kind=UploadCheckpoint.kind,
+            source=self.local_path,
+            destination=self.volume_path,
+            unit="part",
+            parallelism=self.parallelism,
+            checkpoint=checkpoint,
+            discarded=discarded,
+        )
+        with recording(recorder):
+            result = self._upload(store, checkpoint, recorder.subscriber())
+        out = result.to_dict()
+        store.finish(UploadCheckpoint.kind, out, recorder.end_try(result=out))
+        self.log.info(
+            "Uploaded %s to %s: %d bytes, %d parts (%d resumed), %.1f MiB/s, sha256 %s",
+            self.local_path,
+            self.volume_path,
+            result.bytes,
+            result.parts,
+            result.parts_resumed,
+            result.mib_per_s,
+            result.sha256,
+        )
+        return out
+
+    def _upload(
+        self, store: TaskCheckpointStore, checkpoint: UploadCheckpoint | None, subscriber: Subscriber
+    ) -> UploadResult:
         part_size = opt_float(self.part_size_bytes, "part_size_bytes")
         options = UploadOptions(
             part_size_bytes=int(part_size) if part_size else None,
@@ -189,25 +229,17 @@ class LocalFilesystemToDatabricksVolumeOperator(_FilesTransferOperator):
             retry=self.transfer_retry,
         )
         try:
-            result = self.hook.upload_file(
-                self.local_path, self.volume_path, options=options, checkpoint=checkpoint, sink=store
+            return self.hook.upload_file(
+                self.local_path,
+                self.volume_path,
+                options=options,
+                checkpoint=checkpoint,
+                sink=store,
+                subscribers=[subscriber],
             )
         except Exception as err:
             self._fail_fast(err)
             raise
-        store.finish(UploadCheckpoint.kind, result.to_dict())
-        out = result.to_dict()
-        self.log.info(
-            "Uploaded %s to %s: %d bytes, %d parts (%d resumed), %.1f MiB/s, sha256 %s",
-            self.local_path,
-            self.volume_path,
-            result.bytes,
-            result.parts,
-            result.parts_resumed,
-            result.mib_per_s,
-            result.sha256,
-        )
-        return out
 
 
 @_documents_common_params
@@ -271,6 +303,36 @@ class DatabricksVolumeToLocalFilesystemOperator(_FilesTransferOperator):
                 len(checkpoint.done_chunks),
                 checkpoint.chunk_count,
             )
+        recorder = self._start_recording(
+            context,
+            self.checkpoint_key,
+            kind=DownloadCheckpoint.kind,
+            source=self.volume_path,
+            destination=self.local_path,
+            unit="chunk",
+            parallelism=self.parallelism,
+            checkpoint=checkpoint,
+            discarded=discarded,
+        )
+        with recording(recorder):
+            result = self._download(store, checkpoint, recorder.subscriber())
+        out = result.to_dict()
+        store.finish(DownloadCheckpoint.kind, out, recorder.end_try(result=out))
+        self.log.info(
+            "Downloaded %s to %s: %d bytes, %d chunks (%d resumed), %.1f MiB/s, sha256 %s",
+            self.volume_path,
+            self.local_path,
+            result.bytes,
+            result.chunks,
+            result.chunks_resumed,
+            result.mib_per_s,
+            result.sha256,
+        )
+        return out
+
+    def _download(
+        self, store: TaskCheckpointStore, checkpoint: DownloadCheckpoint | None, subscriber: Subscriber
+    ) -> DownloadResult:
         expected_sha256 = opt_str(self.expected_sha256)
         expected_sha256 = expected_sha256.lower() if expected_sha256 else None
         options = DownloadOptions(
@@ -291,21 +353,14 @@ class DatabricksVolumeToLocalFilesystemOperator(_FilesTransferOperator):
             retry=self.transfer_retry,
         )
         try:
-            result = self.hook.download_file(
-                self.volume_path, self.local_path, options=options, checkpoint=checkpoint, sink=store
+            return self.hook.download_file(
+                self.volume_path,
+                self.local_path,
+                options=options,
+                checkpoint=checkpoint,
+                sink=store,
+                subscribers=[subscriber],
             )
         except Exception as err:
             self._fail_fast(err)
             raise
-        store.finish(DownloadCheckpoint.kind, result.to_dict())
-        self.log.info(
-            "Downloaded %s to %s: %d bytes, %d chunks (%d resumed), %.1f MiB/s, sha256 %s",
-            self.volume_path,
-            self.local_path,
-            result.bytes,
-            result.chunks,
-            result.chunks_resumed,
-            result.mib_per_s,
-            result.sha256,
-        )
-        return result.to_dict()

@@ -22,7 +22,7 @@ from airflow_databricks_transfer.checkpoints import XCOM_KEY, TaskFileCheckpoint
 from airflow_databricks_transfer.clients.volume_tree import FilesApiVolumeTree
 from airflow_databricks_transfer.engine.localstate import default_state_dir
 from airflow_databricks_transfer.engine.planning import DEFAULT_MULTIPART_THRESHOLD_BYTES
-from airflow_databricks_transfer.engine.progress import ProgressEvent, log_progress
+from airflow_databricks_transfer.engine.progress import ProgressEvent, Subscriber, log_progress
 from airflow_databricks_transfer.engine.retry import RetryPolicy
 from airflow_databricks_transfer.engine.sync import (
     SyncOptions,
@@ -35,6 +35,7 @@ from airflow_databricks_transfer.engine.tree import HashCache
 from airflow_databricks_transfer.engine.upload import UploadOptions
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
 from airflow_databricks_transfer.operators._common import (
+    RecordsTries,
     as_bool,
     as_float,
     as_int,
@@ -42,13 +43,14 @@ from airflow_databricks_transfer.operators._common import (
     fail_fast,
     opt_float,
 )
+from airflow_databricks_transfer.ui_record import recording
 
 MiB = 1024 * 1024
 #: failures listed one per line in the task log (all of them are in the XCom result, up to its cap)
 _LOGGED_FAILURES = 50
 
 
-class DatabricksVolumeSyncOperator(BaseOperator):
+class DatabricksVolumeSyncOperator(RecordsTries, BaseOperator):
     """Sync ``local_dir`` into the Volume folder ``volume_path`` (one way: local -> Volume).
 
     :param local_dir: the local folder (templated).
@@ -165,6 +167,7 @@ class DatabricksVolumeSyncOperator(BaseOperator):
         self.transfer_retry = transfer_retry or RetryPolicy()
         self.bandwidth_limit_bytes_per_s = bandwidth_limit_bytes_per_s
         self._sync: VolumeSync | None = None
+        self._mirrored: dict[str, Any] | None = None  # the last progress pushed to XCom
 
     @cached_property
     def hook(self) -> DatabricksFilesHook:
@@ -174,6 +177,7 @@ class DatabricksVolumeSyncOperator(BaseOperator):
         """Stop the file workers within seconds; finished files are recorded, large ones checkpointed."""
         if self._sync is not None:
             self._sync.cancel()
+        self._record_kill()
 
     # ------------------------------------------------------------------ building blocks
     def _options(self) -> SyncOptions:
@@ -230,23 +234,21 @@ class DatabricksVolumeSyncOperator(BaseOperator):
 
         def push(event: ProgressEvent) -> None:
             if ti is not None:
-                ti.xcom_push(
-                    key=XCOM_KEY,
-                    value={
-                        "kind": "volume_sync",
-                        "phase": "done" if event.final else "uploading",
-                        "files_done": event.parts_done,
-                        "files_total": event.parts_total,
-                        "bytes_done": event.bytes_done,
-                        "bytes_resumed": event.bytes_resumed,
-                        "bytes_total": event.bytes_total,
-                        "percent": round(event.percent, 1),
-                    },
-                )
+                self._mirrored = {
+                    "kind": "volume_sync",
+                    "phase": "done" if event.final else "uploading",
+                    "files_done": event.parts_done,
+                    "files_total": event.parts_total,
+                    "bytes_done": event.bytes_done,
+                    "bytes_resumed": event.bytes_resumed,
+                    "bytes_total": event.bytes_total,
+                    "percent": round(event.percent, 1),
+                }
+                ti.xcom_push(key=XCOM_KEY, value=self._mirrored)
 
         return push
 
-    def _build(self, context: Context, options: SyncOptions) -> VolumeSync:
+    def _build(self, context: Context, options: SyncOptions, extra: Sequence[Subscriber] = ()) -> VolumeSync:
         return VolumeSync(
             FilesApiVolumeTree(self.hook.client),
             str(self.local_dir),
@@ -254,26 +256,45 @@ class DatabricksVolumeSyncOperator(BaseOperator):
             options,
             hash_cache=self._hash_cache(),
             checkpoints=TaskFileCheckpoints(context, self.checkpoint_key),
-            subscribers=[log_progress(self.log), self._progress_mirror(context)],
+            subscribers=[log_progress(self.log), self._progress_mirror(context), *extra],
             fragment=self._fragment(context),
             only=self._batch(),
         )
 
     # ------------------------------------------------------------------ run
     def execute(self, context: Context) -> dict[str, Any]:
-        options = self._options()
-        dry_run = as_bool(self.sync_dry_run, "dry_run")
-        try:
-            self._sync = self._build(context, options)
-            plan = self._sync.plan()
-            self._log_plan(plan.uploads, plan.deletes, plan.unchanged, dry_run)
-            result = self._sync.run(plan, dry_run=dry_run)
-        except Exception as err:
-            fail_fast(err)
-            raise
-        finally:
-            self._sync = None
-        return self._report(result, context)
+        recorder = self._start_recording(
+            context,
+            self.checkpoint_key,
+            kind="volume_sync",
+            source=self.local_dir,
+            destination=self.volume_path,
+            unit="file",
+            parallelism=self.concurrency,
+            cumulative=True,
+        )
+        with recording(recorder):
+            options = self._options()
+            dry_run = as_bool(self.sync_dry_run, "dry_run")
+            try:
+                self._sync = self._build(context, options, [recorder.subscriber()])
+                plan = self._sync.plan()
+                recorder.set_totals(len(plan.uploads), sum(a.size for a in plan.uploads))
+                self._log_plan(plan.uploads, plan.deletes, plan.unchanged, dry_run)
+                result = self._sync.run(plan, dry_run=dry_run)
+            except Exception as err:
+                fail_fast(err)
+                raise
+            finally:
+                self._sync = None
+            out = self._report(result, context)
+        summary = recorder.end_try(result=out)
+        recorder.delete()
+        ti = context.get("ti")
+        if ti is not None:  # the tab of a finished sync still shows its tries (the UI record is gone)
+            last = self._mirrored or {"kind": "volume_sync", "files_done": 0, "files_total": 0}
+            ti.xcom_push(key=XCOM_KEY, value={**last, "phase": "done", "percent": 100.0, **summary})
+        return out
 
     def _log_plan(
         self, uploads: Sequence[Any], deletes: Sequence[str], unchanged: int, dry_run: bool

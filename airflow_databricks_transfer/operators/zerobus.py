@@ -33,7 +33,15 @@ from airflow_databricks_transfer.engine.retry import RetryPolicy
 from airflow_databricks_transfer.hooks._zerobus_ingest import file_reader, format_of
 from airflow_databricks_transfer.hooks.files import DatabricksFilesHook
 from airflow_databricks_transfer.hooks.zerobus import ZerobusHook
-from airflow_databricks_transfer.operators._common import as_int, fail_fast, opt_float, opt_int, opt_str
+from airflow_databricks_transfer.operators._common import (
+    RecordsTries,
+    as_int,
+    fail_fast,
+    opt_float,
+    opt_int,
+    opt_str,
+)
+from airflow_databricks_transfer.ui_record import recording
 
 KIND = "zerobus.ingest"
 VOLUME_PREFIX = "/Volumes/"
@@ -49,7 +57,7 @@ STREAM_OPTIONS = (
 )
 
 
-class ZerobusIngestOperator(BaseOperator):
+class ZerobusIngestOperator(RecordsTries, BaseOperator):
     """Ingest JSON Lines, CSV or Parquet (a local file or a ``/Volumes/...`` file) or a list of records
     into a Delta table through Zerobus, in batches, checkpointing the source position after every
     acknowledged flush; Airflow's retry resumes after the last acknowledged record.
@@ -208,11 +216,12 @@ class ZerobusIngestOperator(BaseOperator):
         for name in ("hook", "files_hook"):
             if name in self.__dict__:
                 self.__dict__[name].cancel()
+        self._record_kill()
 
     # ------------------------------------------------------------------ execute
     def execute(self, context: Context) -> dict[str, Any]:
         store = TaskCheckpointStore(context, self.checkpoint_key)
-        checkpoint = None
+        checkpoint, discarded = None, None
         if self.resume:
             checkpoint, discarded = store.load_ingest(KIND)
             if discarded:
@@ -225,28 +234,40 @@ class ZerobusIngestOperator(BaseOperator):
                 )
         else:
             store.clear()
+        recorder = self._start_recording(
+            context,
+            self.checkpoint_key,
+            kind=KIND,
+            source=self.source_path if self.source_path is not None else "records",
+            destination=self.table_name,
+            unit="batch",
+            checkpoint=checkpoint,
+            discarded=discarded,
+        )
         work: Path | None = None
-        try:
-            reader, source, work = self._reader(context)
-            result = self.hook.ingest(
-                reader,
-                str(self.table_name),
-                options=self._options(),
-                checkpoint=checkpoint,
-                sink=store,
-                source=source,
-                record_type=self._record_type(),
-                descriptor=self._descriptor(),
-                convert=self._converter(),
-                stream_options=self._stream_options(),
-            )
-        except Exception as err:
-            fail_fast(err)
-            if isinstance(err, FatalError):  # bad input, schema mismatch: no retry can fix it
-                raise AirflowFailException(f"{type(err).__name__}: {err}") from err
-            raise
+        with recording(recorder):
+            try:
+                reader, source, work = self._reader(context)
+                result = self.hook.ingest(
+                    reader,
+                    str(self.table_name),
+                    options=self._options(),
+                    checkpoint=checkpoint,
+                    sink=store,
+                    source=source,
+                    record_type=self._record_type(),
+                    descriptor=self._descriptor(),
+                    convert=self._converter(),
+                    stream_options=self._stream_options(),
+                    subscribers=[recorder.subscriber()],
+                )
+            except Exception as err:
+                fail_fast(err)
+                if isinstance(err, FatalError):  # bad input, schema mismatch: no retry can fix it
+                    raise AirflowFailException(f"{type(err).__name__}: {err}") from err
+                raise
         out = result.to_dict()
-        store.finish(KIND, out)
+        store.finish(KIND, out, recorder.end_try(result=out))
         if work is not None:  # the Volume file's local copy: only a retry would have needed it
             shutil.rmtree(work, ignore_errors=True)
         return out

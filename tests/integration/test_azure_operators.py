@@ -203,7 +203,8 @@ def test_a_truncated_safetensors_blob_fails_verification_and_leaves_nothing(
     with pytest.raises(AirflowFailException, match=r"VerificationError.*safetensors"):
         download("cut.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.safetensors"]  # no partial, no file
-    assert store.data == {}
+    assert set(store.data) == {"checkpoint.ui"}  # no checkpoint; the UI record keeps the failed try
+    assert "VerificationError" in store.data["checkpoint.ui"]["tries"][-1]["error"]
     assert (
         hashlib.sha256((tmp_path / "ok.safetensors").read_bytes()).digest() == hashlib.sha256(good).digest()
     )

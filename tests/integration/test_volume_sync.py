@@ -408,3 +408,35 @@ def test_a_local_file_named_like_the_manifest_is_refused(
     assert sorted(s.rel for s in result.refused) == [f"{FRAGMENTS_DIR}/x.json", MANIFEST_NAME]
     assert result.uploaded == 4
     assert json.loads(remote_bytes(emu, MANIFEST_NAME))["kind"] == "volume_sync.manifest"
+
+
+def test_small_files_go_folder_by_folder_so_each_manifest_batch_lists_few_folders(
+    emu: FilesApiEmulator, tree_api: FilesApiVolumeTree, tmp_path: Path
+) -> None:
+    root = tmp_path / "src"
+    # sizes that interleave the folders when ordered by size alone
+    for i in range(12):
+        write(root, f"d{i % 3}/f{i:02d}.txt", b"x" * (100 + i))
+    emu.reset(state=False, faults=False, log=True)
+    result = sync(tree_api, root, HashCache(None), concurrency=1, manifest_every_files=2).run()
+    assert result.uploaded == 12
+    log = [r for r in emu.requests() if r.route in ("files.put", "directories.get")]
+    sent = [r.path.rsplit("/", 2)[-2] for r in log if r.route == "files.put" and MANIFEST_NAME not in r.path]
+    assert sent == ["d0"] * 4 + ["d1"] * 4 + ["d2"] * 4
+    # once uploads began, each of the 6 batches of 2 lists only its own folder for the modification times
+    first_put = next(i for i, r in enumerate(log) if r.route == "files.put")
+    assert sum(1 for r in log[first_put:] if r.route == "directories.get") == 6
+
+
+def test_recursive_listing_walks_folders_concurrently_and_names_every_file(
+    emu: FilesApiEmulator, tree_api: FilesApiVolumeTree
+) -> None:
+    names = [f"{a}/{b}/f{i}.txt" for a in ("x", "y", "z") for b in ("p", "q") for i in range(2)]
+    names += ["top.txt", "x/mid.txt", "y/q/r/deep.txt"]
+    for rel in names:
+        tree_api.write_small(f"{TARGET}/{rel}", rel.encode())
+    listed = tree_api.list_files(TARGET)
+    assert sorted(listed) == sorted(names)
+    assert all(listed[rel].size == len(rel.encode()) and listed[rel].mtime_ms for rel in names)
+    assert sorted(tree_api.list_files(f"{TARGET}/x", recursive=False)) == ["mid.txt"]
+    assert tree_api.list_files(f"{TARGET}/missing") == {}
