@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -40,6 +41,32 @@ XCOM_KEY = "checkpoint"
 _C = TypeVar("_C", DownloadCheckpoint, IngestCheckpoint)
 _warned = {"no_store": False}
 
+# One task state store or XCom call at a time from this process's threads (the checkpoint saver, the
+# UI recorder's progress writes, the task's own thread). Under ``airflow dags test`` the in-process
+# supervisor comms removes ``task_runner.SUPERVISOR_COMMS`` while it answers a request, so a call from a
+# second thread at that moment fails with "cannot import name 'SUPERVISOR_COMMS'" (the real supervisor
+# comms has a lock of its own). Reentrant: a call never waits on itself.
+_COMMS_LOCK = threading.RLock()
+
+
+class _OneAtATime:
+    """The task state store accessor, each call under :data:`_COMMS_LOCK`."""
+
+    def __init__(self, store: Any) -> None:
+        self._inner = store
+
+    def get(self, key: str) -> Any:
+        with _COMMS_LOCK:
+            return self._inner.get(key)
+
+    def set(self, key: str, value: Any, **kwargs: Any) -> None:
+        with _COMMS_LOCK:
+            self._inner.set(key, value, **kwargs)
+
+    def delete(self, key: str) -> None:
+        with _COMMS_LOCK:
+            self._inner.delete(key)
+
 
 class TaskCheckpointStore:
     """Checkpoint sink and loader for one task instance (upload, download or ingest)."""
@@ -48,7 +75,8 @@ class TaskCheckpointStore:
         self, context: Mapping[str, Any], key: str = "checkpoint", *, mirror_to_xcom: bool = True
     ) -> None:
         self.key = key
-        self._store = context.get("task_state_store")
+        store = context.get("task_state_store")
+        self._store = _OneAtATime(store) if store is not None else None
         self._ti = context.get("ti")
         self._mirror = mirror_to_xcom
         self._segments_written: int | None = None
@@ -135,7 +163,8 @@ class TaskCheckpointStore:
             else:
                 self._store.set(self.key, checkpoint.to_dict(), retention=retention)
         if self._mirror and self._ti is not None:
-            self._ti.xcom_push(key=XCOM_KEY, value=checkpoint.progress_view())
+            with _COMMS_LOCK:
+                self._ti.xcom_push(key=XCOM_KEY, value=checkpoint.progress_view())
 
     def finish(self, kind: str, result: Mapping[str, Any], summary: Mapping[str, Any] | None = None) -> None:
         """After success: delete the checkpoint and the UI record (a Clear must start over) and show
@@ -146,7 +175,8 @@ class TaskCheckpointStore:
             keys = ("destination", "table", "source", "bytes", "records")
             done = {k: result[k] for k in keys if k in result}
             value = {"kind": kind, **done, "phase": "done", "percent": 100.0, **(summary or {})}
-            self._ti.xcom_push(key=XCOM_KEY, value=value)
+            with _COMMS_LOCK:
+                self._ti.xcom_push(key=XCOM_KEY, value=value)
 
     # ------------------------------------------------------------------ the UI record
     @property
