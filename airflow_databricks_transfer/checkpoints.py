@@ -49,6 +49,12 @@ _warned = {"no_store": False}
 _COMMS_LOCK = threading.RLock()
 
 
+def push_xcom(ti: Any, key: str, value: Any) -> None:
+    """An XCom push from any of the transfer's threads, one at a time with the state store calls."""
+    with _COMMS_LOCK:
+        ti.xcom_push(key=key, value=value)
+
+
 class _OneAtATime:
     """The task state store accessor, each call under :data:`_COMMS_LOCK`."""
 

@@ -18,7 +18,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_databricks_transfer.checkpoints import XCOM_KEY, TaskFileCheckpoints
+from airflow_databricks_transfer.checkpoints import XCOM_KEY, TaskFileCheckpoints, push_xcom
 from airflow_databricks_transfer.clients.volume_tree import FilesApiVolumeTree
 from airflow_databricks_transfer.engine.localstate import default_state_dir
 from airflow_databricks_transfer.engine.planning import DEFAULT_MULTIPART_THRESHOLD_BYTES
@@ -244,7 +244,7 @@ class DatabricksVolumeSyncOperator(RecordsTries, BaseOperator):
                     "bytes_total": event.bytes_total,
                     "percent": round(event.percent, 1),
                 }
-                ti.xcom_push(key=XCOM_KEY, value=self._mirrored)
+                push_xcom(ti, XCOM_KEY, self._mirrored)
 
         return push
 
@@ -293,7 +293,7 @@ class DatabricksVolumeSyncOperator(RecordsTries, BaseOperator):
         ti = context.get("ti")
         if ti is not None:  # the tab of a finished sync still shows its tries (the UI record is gone)
             last = self._mirrored or {"kind": "volume_sync", "files_done": 0, "files_total": 0}
-            ti.xcom_push(key=XCOM_KEY, value={**last, "phase": "done", "percent": 100.0, **summary})
+            push_xcom(ti, XCOM_KEY, {**last, "phase": "done", "percent": 100.0, **summary})
         return out
 
     def _log_plan(
@@ -328,7 +328,7 @@ class DatabricksVolumeSyncOperator(RecordsTries, BaseOperator):
             # the summary stays visible: it goes to XCom (key "sync_result") before the task fails
             ti = context.get("ti")
             if ti is not None:
-                ti.xcom_push(key="sync_result", value=out)
+                push_xcom(ti, "sync_result", out)
             raise AirflowException(
                 f"{result.failed} of {result.failed + result.uploaded} files failed "
                 f"(first: {result.failures[0].path}: {result.failures[0].reason}); "
