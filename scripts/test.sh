@@ -10,5 +10,7 @@ echo "== pytest"
 if [ "$#" -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi
 # Unit and integration tests on two workers (a file's tests stay together: they share its servers).
 .venv/bin/python -m pytest -n 2 --dist loadfile tests/unit tests/integration
-# The real-Airflow tests one after another: each starts an Airflow stack on the machine's PostgreSQL/Redis.
-exec .venv/bin/python -m pytest tests/airflow
+# The real-Airflow tests, two files at a time: each starts its own Airflow stack (free ports, its own
+# AIRFLOW_HOME; the CeleryExecutor ones their own PostgreSQL database and Redis db), and most of their
+# time is spent waiting on schedulers and paced transfers, not computing.
+exec .venv/bin/python -m pytest -n 2 --dist loadfile tests/airflow
